@@ -1,0 +1,43 @@
+"""The ``amodal`` command: ``run``, ``subscribe``, ``bench``, ``data``, ``eval`` (each in its own module)."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand → module whose ``main(argv) -> int`` handles it; imported only when used
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("amodal.cli_run", "run attached sources through an analyzer and publish results"),
+    "subscribe": ("amodal.cli_subscribe", "print published results, one JSON line per message"),
+    "bench": ("amodal.bench.cli", "benchmarks: latency, kernels"),
+    "data": ("amodal.training.data.cli", "synthetic occlusion datasets and dataset tools"),
+    "eval": ("amodal.training.evaluation.cli", "standard evaluators (coco, vis, amodal, reid, layers)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: amodal COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "amodal COMMAND --help shows the arguments of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from amodal import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"amodal: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Frozen data that crosses folders: frames, stream events and per-object results.
+
+Everything here is plain data (numpy arrays, ints, strings); no torch, so that ``streams/`` and the
+subscriber side stay light.  Times: ``*_ns`` are integer nanoseconds; ``capture_time_ns`` and
+``publish_time_ns`` are wall-clock (``time.time_ns``), ``received_mono_ns`` is ``time.monotonic_ns``
+and is only ever compared within one process.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+PixelFormat = Literal["yuv420p", "nv12", "rgb24", "gray8", "gray16"]
+PIXEL_FORMATS: tuple[str, ...] = ("yuv420p", "nv12", "rgb24", "gray8", "gray16")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """One decoded frame of one stream, kept in its decoded pixel format.
+
+    ``planes`` by ``pixel_format``:
+      * ``yuv420p``: ``(Y uint8[H, W], U uint8[H/2, W/2], V uint8[H/2, W/2])`` (BT.601 limited range)
+      * ``nv12``:    ``(Y uint8[H, W], UV uint8[H/2, W/2, 2])``
+      * ``rgb24``:   ``(RGB uint8[H, W, 3],)``
+      * ``gray8``:   ``(uint8[H, W],)``; ``gray16``: ``(uint16[H, W],)`` — full scanner dynamic range.
+    Colour conversion is deferred to preprocessing so decode stays at the decoder's rate.
+    """
+
+    stream_id: str
+    index: int  # 0-based, counts every frame delivered by this source since it was attached
+    pts_s: float | None  # presentation timestamp from the stream, in seconds (None if absent)
+    capture_time_ns: int  # wall clock of capture: from the stream when it says (RTCP), else receipt
+    received_mono_ns: int  # time.monotonic_ns() when the decoder produced the frame
+    pixel_format: str
+    planes: tuple[np.ndarray, ...]
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if self.pixel_format not in PIXEL_FORMATS:
+            raise ValueError(f"unknown pixel format {self.pixel_format!r}; expected one of {PIXEL_FORMATS}")
+
+    def to_rgb(self) -> np.ndarray:
+        """uint8[H, W, 3] RGB (16-bit grayscale is scaled by 1/257 for display)."""
+        from amodal.colour import planes_to_rgb
+
+        return planes_to_rgb(self.pixel_format, self.planes)
+
+    def to_float(self) -> np.ndarray:
+        """float32[H, W, 3] RGB in [0, 1], keeping the full precision of 16-bit sources."""
+        if self.pixel_format == "gray16":
+            g = self.planes[0].astype(np.float32) * (1.0 / 65535.0)
+            return np.repeat(g[:, :, None], 3, axis=2)
+        return self.to_rgb().astype(np.float32) * (1.0 / 255.0)
+
+
+class StreamState(str, enum.Enum):
+    """States of a source's state machine, published on the status topic."""
+
+    CONNECTING = "connecting"
+    UP = "up"
+    RECONNECTING = "reconnecting"
+    ERROR = "error"
+    ENDED = "ended"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """A change of a stream's state; ``reason`` says why for errors and reconnects."""
+
+    stream_id: str
+    state: StreamState
+    reason: str | None = None
+    time_ns: int = 0  # wall clock
+    attempt: int = 0  # reconnect attempt number (0 for the first connection)
+    fatal: bool = False  # True when the source will not try again
+
+
+@dataclass(frozen=True, slots=True)
+class RLEMask:
+    """A binary mask as COCO RLE (pycocotools' compressed ``counts`` bytes)."""
+
+    height: int
+    width: int
+    counts: bytes
+
+    @classmethod
+    def encode(cls, mask: np.ndarray) -> "RLEMask":
+        """From a bool/uint8 mask[H, W]."""
+        from pycocotools import mask as mask_utils
+
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8, copy=False)))
+        return cls(height=int(rle["size"][0]), width=int(rle["size"][1]), counts=bytes(rle["counts"]))
+
+    def decode(self) -> np.ndarray:
+        """bool[H, W]."""
+        from pycocotools import mask as mask_utils
+
+        return mask_utils.decode({"size": [self.height, self.width], "counts": self.counts}).astype(bool)
+
+    def area(self) -> int:
+        from pycocotools import mask as mask_utils
+
+        return int(mask_utils.area({"size": [self.height, self.width], "counts": self.counts}))
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectResult:
+    """One object in one frame.  Fields after ``mask`` are filled by the models that know them."""
+
+    class_id: int
+    class_name: str
+    score: float
+    box_xyxy: tuple[float, float, float, float]  # source-frame pixels
+    mask: RLEMask | None = None  # visible mask
+    track_id: int | None = None
+    amodal_mask: RLEMask | None = None
+    occluder_mask: RLEMask | None = None
+    occlusion_level: float | None = None  # fraction of the object hidden, 0..1
+    occlusion_layer: int | None = None  # 1 = unoccluded layer, 2 = behind layer 1, ...
+    embedding: np.ndarray | None = None  # float16[D], ReID embedding (L2-normalised)
+    global_id: int | None = None  # cross-camera identity
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """Everything an analyzer says about one frame."""
+
+    stream_id: str
+    frame_index: int
+    pts_s: float | None
+    capture_time_ns: int
+    width: int
+    height: int
+    objects: tuple[ObjectResult, ...] = ()
+    analyzer: str = ""
+    received_mono_ns: int = 0  # carried from the Frame for in-process latency accounting
+    stage_ms: dict[str, float] = field(default_factory=dict)  # per-stage latency for this frame
