@@ -1,0 +1,76 @@
+"""What every benchmark records next to its numbers: device, versions, commit; JSON + plot writing."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (``unknown`` outside a checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """Device name, library versions, CPU count and commit for a results file."""
+    import numpy as np
+    import torch
+
+    env: dict[str, Any] = {
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cuda": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "torch_threads": torch.get_num_threads(),
+    }
+    for name in ("triton", "av", "zmq", "faiss"):
+        try:
+            module = __import__(name)
+            env[name] = getattr(module, "__version__", "unknown")
+        except ImportError:
+            env[name] = None
+    return env
+
+
+def write_results(out_dir: str | Path, name: str, results: dict[str, Any]) -> Path:
+    """Write ``{environment, **results}`` to ``out_dir/name.json``; returns the path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"environment": environment(), **results}, indent=2, default=float))
+    return path
+
+
+def new_figure(ncols: int = 1, width_in: float = 6.0, height_in: float = 4.0):
+    """A matplotlib figure on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=(width_in * ncols, height_in), squeeze=False)
+
+
+def save_figure(fig, out_dir: str | Path, name: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(out_dir) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
