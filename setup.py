@@ -29,7 +29,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"amodal": ["weights/*.safetensors", "weights/*.yaml", "weights/*.json"]},
+    package_data={"amodal": ["_weights/*.safetensors", "_weights/*.yaml", "_weights/*.json"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

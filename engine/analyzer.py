@@ -1,0 +1,33 @@
+"""The analyzer interface every model stage implements.
+
+Lifecycle (one thread calls all of it): ``start(device)`` once → ``process(frames)`` per micro-batch
+(frames of several streams mixed) → ``on_source_eos(stream_id)`` when a stream has ended and all its
+frames were processed (reset that stream's state: tracks, feature caches) → ``stop()``.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import torch
+
+from amodal.types import Frame, FrameResult
+
+
+class Analyzer(abc.ABC):
+    #: the name used on the command line and in published results
+    name: str = ""
+
+    def start(self, device: torch.device) -> None:
+        """Load weights and move to ``device``; called once before the first batch."""
+        self.device = device
+
+    @abc.abstractmethod
+    def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
+        """One result per frame, in the order of ``frames``."""
+
+    def on_source_eos(self, stream_id: str) -> None:
+        """Forget the per-stream state of ``stream_id``."""
+
+    def stop(self) -> None:
+        """Release resources."""

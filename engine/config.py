@@ -1,0 +1,114 @@
+"""Engine configuration: one frozen dataclass, loaded from CLI flags or a YAML file."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from amodal.errors import ConfigError, SchemaError
+from amodal.schema import validate_stream_id
+from amodal.streams.base import SourceConfig
+
+
+@dataclass(frozen=True)
+class AnalyzerConfig:
+    """Which analyzer runs and its settings (``weights`` is a local file; nothing is downloaded)."""
+
+    name: str = "identity"
+    weights: str | None = None
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"analyzer.score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ConfigError(f"analyzer.mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if self.max_detections <= 0:
+            raise ConfigError(f"analyzer.max_detections must be > 0, got {self.max_detections}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Sources, analyzer, batching, device and publishing of one engine."""
+
+    sources: tuple[SourceConfig, ...] = ()
+    analyzer: AnalyzerConfig = field(default_factory=AnalyzerConfig)
+    publish: str = "tcp://127.0.0.1:5555"
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    send_hwm: int = 10000  # per-subscriber queue in the PUB socket; a slow subscriber loses, never slows
+    linger_ms: int = 2000  # how long close() waits to flush queued messages
+    metrics_interval_s: float = 1.0
+    exit_when_done: bool = True  # stop when every source has ended (files); live sources never end
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size <= 0:
+            raise ConfigError(f"max_batch_size must be > 0, got {self.max_batch_size}")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.send_hwm <= 0 or self.linger_ms < 0 or self.metrics_interval_s <= 0:
+            raise ConfigError("send_hwm and metrics_interval_s must be > 0, linger_ms >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        seen: set[str] = set()
+        for source in self.sources:
+            try:
+                validate_stream_id(source.stream_id)
+            except SchemaError as exc:
+                raise ConfigError(str(exc)) from exc
+            if source.stream_id in seen:
+                raise ConfigError(f"duplicate stream id {source.stream_id!r}")
+            seen.add(source.stream_id)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "EngineConfig":
+        """Load a YAML config (see README); ``overrides`` replace top-level keys."""
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data, where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "EngineConfig":
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        defaults = data.pop("source_defaults", None) or {}
+        sources = []
+        for i, entry in enumerate(data.pop("sources", None) or []):
+            if isinstance(entry, str):
+                entry = {"uri": entry}
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{where}: sources[{i}] must be a URI or a mapping")
+            merged = {**defaults, **entry}
+            merged.setdefault("stream_id", f"s{i}")
+            sources.append(_build(SourceConfig, merged, f"{where}: sources[{i}]"))
+        analyzer = data.pop("analyzer", None) or {}
+        if isinstance(analyzer, str):
+            analyzer = {"name": analyzer}
+        return _build(cls, {**data, "sources": tuple(sources), "analyzer": _build(AnalyzerConfig, analyzer, f"{where}: analyzer")}, where)
+
+
+def _build(kind: type, values: dict[str, Any], where: str):
+    names = {f.name for f in fields(kind)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+    try:
+        return kind(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc

@@ -1,0 +1,150 @@
+"""Mask R-CNN from torchvision's parts: ResNet-50-FPN for fidelity, ResNet-18-FPN, or a tiny trunk for CPU
+tests and demos.  ``build_maskrcnn`` takes one config; ``load_maskrcnn`` rebuilds a model from a weights
+file's metadata record."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+
+from amodal.errors import CheckpointError, ConfigError
+from amodal.models.weights import load_state_strict, load_weights
+
+BACKBONES = ("resnet50", "resnet18", "tiny")
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    """Architecture and input handling of a Mask R-CNN (``class_names`` excludes the background)."""
+
+    class_names: tuple[str, ...]
+    backbone: str = "resnet50"
+    fpn_channels: int = 256
+    min_size: int = 800
+    max_size: int = 1333
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    box_detections_per_img: int = 100
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 96)
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            raise ConfigError("MaskRCNNConfig.class_names is empty")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if len(self.anchor_sizes) != 5:
+            raise ConfigError(f"anchor_sizes needs 5 sizes (one per FPN level), got {self.anchor_sizes}")
+        if self.min_size <= 0 or self.max_size < self.min_size:
+            raise ConfigError(f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MaskRCNNConfig":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class TinyTrunk(nn.Module):
+    """Four stride-2 stages after a stride-4 stem: features at strides 4, 8, 16, 32 (``layer1``…``layer4``)."""
+
+    def __init__(self, widths: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.stem = nn.Sequential(_conv_bn(3, w1, 2), _conv_bn(w1, w1, 2))
+        self.layer1 = nn.Sequential(_conv_bn(w1, w1, 1), _conv_bn(w1, w1, 1))
+        self.layer2 = nn.Sequential(_conv_bn(w1, w2, 2), _conv_bn(w2, w2, 1))
+        self.layer3 = nn.Sequential(_conv_bn(w2, w3, 2), _conv_bn(w3, w3, 1))
+        self.layer4 = nn.Sequential(_conv_bn(w3, w4, 2), _conv_bn(w4, w4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+
+def build_backbone(config: MaskRCNNConfig) -> BackboneWithFPN:
+    """An FPN backbone with ``out_channels`` = ``config.fpn_channels`` and 5 levels (P2–P6)."""
+    if config.backbone == "tiny":
+        trunk = TinyTrunk(config.tiny_widths)
+        return BackboneWithFPN(
+            trunk,
+            return_layers=OrderedDict((f"layer{i}", str(i - 1)) for i in range(1, 5)),
+            in_channels_list=list(config.tiny_widths),
+            out_channels=config.fpn_channels,
+        )
+    return resnet_fpn_backbone(backbone_name=config.backbone, weights=None, trainable_layers=5)
+
+
+def build_maskrcnn(*, config: MaskRCNNConfig) -> MaskRCNN:
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    backbone = build_backbone(config)
+    anchors = AnchorGenerator(tuple((s,) for s in config.anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
+    return MaskRCNN(
+        backbone,
+        num_classes=config.num_classes,
+        min_size=config.min_size,
+        max_size=config.max_size,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+        rpn_anchor_generator=anchors,
+        box_detections_per_img=config.box_detections_per_img,
+        box_score_thresh=config.box_score_thresh,
+        box_nms_thresh=config.box_nms_thresh,
+    )
+
+
+COCO_CATEGORY_NAMES = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant N/A stop_sign "
+    "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe N/A backpack umbrella N/A N/A "
+    "handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
+    "tennis_racket bottle N/A wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot "
+    "hot_dog pizza donut cake chair couch potted_plant bed N/A dining_table N/A N/A toilet N/A tv laptop mouse "
+    "remote keyboard cell_phone microwave oven toaster sink refrigerator N/A book clock vase scissors teddy_bear "
+    "hair_drier toothbrush"
+).split()
+
+
+@dataclass
+class LoadedModel:
+    model: MaskRCNN
+    config: MaskRCNNConfig
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def load_maskrcnn(path: str | Path) -> LoadedModel:
+    """Rebuild a Mask R-CNN from a weights file: safetensors with our metadata record, or a torchvision
+    ``maskrcnn_resnet50_fpn`` state dict (``.pth``, loaded weights-only; COCO classes when it has 91)."""
+    state, metadata = load_weights(path)
+    if "config" in metadata:
+        try:
+            config = MaskRCNNConfig.from_dict(metadata["config"])
+        except (TypeError, ConfigError) as exc:
+            raise CheckpointError(f"{path}: metadata config is invalid: {exc}") from exc
+    else:
+        key = "roi_heads.box_predictor.cls_score.weight"
+        if key not in state:
+            raise CheckpointError(f"{path}: no {key!r}: not a Mask R-CNN state dict and no amodal metadata")
+        n = state[key].shape[0] - 1
+        names = tuple(COCO_CATEGORY_NAMES) if n == 90 else tuple(f"class_{i}" for i in range(1, n + 1))
+        config = MaskRCNNConfig(class_names=names)
+    model = build_maskrcnn(config=config)
+    load_state_strict(model, state, path)
+    return LoadedModel(model=model.eval(), config=config, metadata=metadata)
