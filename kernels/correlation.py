@@ -1,0 +1,527 @@
+"""Spatial correlation (the ``spatial_correlation_sampler`` operator of FlowNetC / CMaskTrack R-CNN).
+
+For ``a, b: [B, C, H, W]`` and displacement ``(ph, pw)`` of a ``pH × pW`` patch::
+
+    out[n, ph, pw, h, w] = Σ_c Σ_{i<kH, j<kW} a[n, c, y, x] · b[n, c, y + dy, x + dx]
+    y  = −padH + h·sH + i·dH                 x  = −padW + w·sW + j·dW
+    dy = (ph − ⌊(pH − 1)/2⌋)·dpH             dx = (pw − ⌊(pW − 1)/2⌋)·dpW
+
+A term is zero when ``(y, x)`` or ``(y + dy, x + dx)`` lies outside ``H × W``; there is no normalisation.
+``oH = (H + 2·padH − ((kH − 1)·dH + 1)) // sH + 1`` (same for ``oW``); ``out: [B, pH, pW, oH, oW]``.
+
+Gradients (``g = ∂L/∂out``, ``P = pH·pW`` displacements ``d_p``, ``T(y)`` = taps ``(i, h)`` with ``y = −padH + h·sH + i·dH``)::
+
+    ∂L/∂a[n, c, y, x]   = Σ_p b[n, c, y + dy_p, x + dx_p] · Σ_{T(y), T(x)} g[n, p, h, w]
+    ∂L/∂b[n, c, y', x'] = Σ_p a[n, c, y' − dy_p, x' − dx_p] · Σ_{T(y' − dy_p), T(x' − dx_p)} g[n, p, h, w]
+
+Both are gathers over displacements (no atomics), each costing the forward's multiply-adds, so the backward is about
+twice the forward.  One displacement convention (the formula above) holds for every backend, forward and backward,
+including even patch sizes.  Accumulation is fp32; outputs and gradients are in the input dtype.
+
+Backends: ``reference`` (shift-multiply-sum over displacements, plain PyTorch autograd), ``cpu`` (row-band batched
+matmuls on channels-last tiles, own backward), ``triton`` (CUDA, or the Triton interpreter).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from amodal.errors import KernelUnsupportedError
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_BACKENDS = ("auto", "triton", "cpu", "reference")
+_INT32_MAX = 2**31 - 1
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"correlation: {name} must be an int or a pair of ints, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CorrelationParams:
+    """Validated geometry of one correlation call (all pairs are (rows, columns))."""
+
+    kernel_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    dilation_patch: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for name in ("kernel_size", "patch_size", "stride", "dilation", "dilation_patch"):
+            if min(getattr(self, name)) < 1:
+                raise ValueError(f"correlation: {name} must be >= 1, got {getattr(self, name)}")
+        if min(self.padding) < 0:
+            raise ValueError(f"correlation: padding must be >= 0, got {self.padding}")
+
+    @staticmethod
+    def make(kernel_size, patch_size, stride, padding, dilation, dilation_patch) -> "CorrelationParams":
+        return CorrelationParams(
+            _pair(kernel_size, "kernel_size"),
+            _pair(patch_size, "patch_size"),
+            _pair(stride, "stride"),
+            _pair(padding, "padding"),
+            _pair(dilation, "dilation"),
+            _pair(dilation_patch, "dilation_patch"),
+        )
+
+    @property
+    def centre(self) -> tuple[int, int]:
+        """Index of the zero displacement inside the patch: ⌊(p − 1)/2⌋."""
+        return (self.patch_size[0] - 1) // 2, (self.patch_size[1] - 1) // 2
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        """Output spatial size (oH, oW) for an input of h × w."""
+        out = []
+        for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation):
+            out.append((size + 2 * p - ((k - 1) * d + 1)) // s + 1)
+        return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reference
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def correlation_reference(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    kernel_size: int | tuple[int, int] = 1,
+    patch_size: int | tuple[int, int] = 1,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    dilation_patch: int | tuple[int, int] = 1,
+) -> torch.Tensor:
+    """Plain shift-multiply-sum over displacements and kernel taps (autograd through PyTorch ops).
+
+    a, b: [B, C, H, W] → [B, pH, pW, oH, oW] in the input dtype (fp32 accumulation for half inputs).
+    """
+    prm = CorrelationParams.make(kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    _validate(a, b, prm)
+    dtype = a.dtype
+    a32, b32 = (a.float(), b.float()) if dtype != torch.float64 else (a, b)
+    (kh, kw), (ph_n, pw_n), (sh, sw), (dh, dw), (dph, dpw) = (
+        prm.kernel_size, prm.patch_size, prm.stride, prm.dilation, prm.dilation_patch)
+    oh, ow = prm.out_hw(a.shape[2], a.shape[3])
+    a_pad, b_pad, _, _ = _pad_inputs(a32, b32, prm)
+    rows = []
+    for ph in range(ph_n):
+        cols = []
+        for pw in range(pw_n):
+            acc = a32.new_zeros(a.shape[0], oh, ow)
+            for i in range(kh):
+                for j in range(kw):
+                    ya, xa = i * dh, j * dw
+                    a_tap = a_pad[:, :, ya: ya + (oh - 1) * sh + 1: sh, xa: xa + (ow - 1) * sw + 1: sw]
+                    yb, xb = ya + ph * dph, xa + pw * dpw
+                    b_tap = b_pad[:, :, yb: yb + (oh - 1) * sh + 1: sh, xb: xb + (ow - 1) * sw + 1: sw]
+                    acc = acc + (a_tap * b_tap).sum(dim=1)
+            cols.append(acc)
+        rows.append(torch.stack(cols, dim=1))
+    return torch.stack(rows, dim=1).to(dtype)
+
+
+def _pad_inputs(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams, extra_w: int = 0):
+    """Zero-pad a by ``padding`` and b by ``padding`` plus the displacement range, so that every tap and
+    displacement indexes in bounds: a_pad row ``i·dH + h·sH`` ↔ b_pad row ``i·dH + h·sH + ph·dpH``.
+    ``extra_w`` more zero columns go on the right of both (tile rounding).  Returns (a_pad, b_pad, top, left)."""
+    (pad_h, pad_w), (ch, cw), (pn_h, pn_w), (dph, dpw) = prm.padding, prm.centre, prm.patch_size, prm.dilation_patch
+    a_pad = F.pad(a, (pad_w, pad_w + extra_w, pad_h, pad_h))
+    top, left = pad_h + ch * dph, pad_w + cw * dpw
+    bottom, right = pad_h + (pn_h - 1 - ch) * dph, pad_w + (pn_w - 1 - cw) * dpw
+    b_pad = F.pad(b, (left, right + extra_w, top, bottom))
+    return a_pad, b_pad, top, left
+
+
+def _validate(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> None:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise ValueError(f"correlation: a and b must be tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.dim() != 4 or b.dim() != 4:
+        raise ValueError(f"correlation: a and b must be [B, C, H, W], got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape != b.shape:
+        raise ValueError(f"correlation: a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise KernelUnsupportedError(f"correlation: a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.dtype not in _DTYPES + (torch.float64,):
+        raise KernelUnsupportedError(f"correlation: unsupported dtype {a.dtype}; use float32, float16 or bfloat16")
+    if a.device != b.device:
+        raise ValueError(f"correlation: a and b are on different devices ({a.device} and {b.device})")
+    oh, ow = prm.out_hw(a.shape[2], a.shape[3])
+    if oh < 1 or ow < 1:
+        raise ValueError(
+            f"correlation: input {a.shape[2]}x{a.shape[3]} is too small for kernel_size {prm.kernel_size}, "
+            f"dilation {prm.dilation}, padding {prm.padding} (output would be {oh}x{ow})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _correlation_fwd_kernel(
+    a_ptr, b_ptr, out_ptr,
+    C, H, W, OH, OW, P, PW,
+    SH, SW, PADH, PADW, DH, DW, DPH, DPW, CH, CW, KH, KW,
+    BLOCK_PIX: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """One program: BLOCK_P displacements × BLOCK_PIX output pixels of one sample; loops over taps and channels."""
+    pid_pix = tl.program_id(0)
+    pid_np = tl.program_id(1)
+    n_pblocks = tl.cdiv(P, BLOCK_P)
+    n = pid_np // n_pblocks
+    pb = pid_np % n_pblocks
+
+    hw = H * W
+    ohw = OH * OW
+    pix = pid_pix * BLOCK_PIX + tl.arange(0, BLOCK_PIX)
+    pix_ok = pix < ohw
+    oh = pix // OW
+    ow = pix % OW
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < P
+    dy = (p // PW - CH) * DPH
+    dx = (p % PW - CW) * DPW
+
+    a_base = a_ptr + n.to(tl.int64) * C * hw
+    b_base = b_ptr + n.to(tl.int64) * C * hw
+    acc = tl.zeros([BLOCK_P, BLOCK_PIX], dtype=tl.float32)
+    for i in range(KH):
+        y = oh * SH - PADH + i * DH
+        for j in range(KW):
+            x = ow * SW - PADW + j * DW
+            a_ok = pix_ok & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+            yb = y[None, :] + dy[:, None]
+            xb = x[None, :] + dx[:, None]
+            b_ok = a_ok[None, :] & p_ok[:, None] & (yb >= 0) & (yb < H) & (xb >= 0) & (xb < W)
+            a_off = y * W + x
+            b_off = yb * W + xb
+            for c in range(C):
+                av = tl.load(a_base + c * hw + a_off, mask=a_ok, other=0.0).to(tl.float32)
+                bv = tl.load(b_base + c * hw + b_off, mask=b_ok, other=0.0).to(tl.float32)
+                acc += av[None, :] * bv
+    out_off = n.to(tl.int64) * P * ohw + p[:, None] * ohw + pix[None, :]
+    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & pix_ok[None, :])
+
+
+@triton.jit
+def _correlation_bwd_kernel(
+    g_ptr, src_ptr, grad_ptr,
+    C, H, W, OH, OW, P, PW,
+    SH, SW, PADH, PADW, DH, DW, DPH, DPW, CH, CW, KH, KW,
+    GRAD_B: tl.constexpr, BLOCK_PIX: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One program: BLOCK_C channels × BLOCK_PIX input pixels of grad_a (``src`` = b) or grad_b (``src`` = a),
+    gathered over every displacement; for each displacement the output gradient is first summed over the taps
+    that touch the pixel, then multiplied into the shifted ``src`` tile."""
+    pid_pix = tl.program_id(0)
+    pid_nc = tl.program_id(1)
+    n_cblocks = tl.cdiv(C, BLOCK_C)
+    n = pid_nc // n_cblocks
+    cb = pid_nc % n_cblocks
+
+    hw = H * W
+    ohw = OH * OW
+    pix = pid_pix * BLOCK_PIX + tl.arange(0, BLOCK_PIX)
+    pix_ok = pix < hw
+    y = pix // W
+    x = pix % W
+    cc = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = cc < C
+
+    g_base = g_ptr + n.to(tl.int64) * P * ohw
+    src_base = src_ptr + n.to(tl.int64) * C * hw
+    acc = tl.zeros([BLOCK_C, BLOCK_PIX], dtype=tl.float32)
+    for p in range(P):
+        dy = (p // PW - CH) * DPH
+        dx = (p % PW - CW) * DPW
+        if GRAD_B:
+            ys = y - dy  # position in a (and of the tap)
+            xs = x - dx
+            yt = ys
+            xt = xs
+        else:
+            ys = y + dy  # position in b
+            xs = x + dx
+            yt = y
+            xt = x
+        ok = pix_ok & (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+        gsum = tl.zeros([BLOCK_PIX], dtype=tl.float32)
+        for i in range(KH):
+            hn = yt + PADH - i * DH
+            h = hn // SH
+            h_ok = (hn >= 0) & (hn - h * SH == 0) & (h < OH)
+            for j in range(KW):
+                wn = xt + PADW - j * DW
+                w = wn // SW
+                t_ok = ok & h_ok & (wn >= 0) & (wn - w * SW == 0) & (w < OW)
+                gsum += tl.load(g_base + p * ohw + h * OW + w, mask=t_ok, other=0.0).to(tl.float32)
+        sv = tl.load(src_base + cc[:, None] * hw + (ys * W + xs)[None, :],
+                     mask=c_ok[:, None] & ok[None, :], other=0.0).to(tl.float32)
+        acc += gsum[None, :] * sv
+    grad_off = n.to(tl.int64) * C * hw + cc[:, None] * hw + pix[None, :]
+    tl.store(grad_ptr + grad_off, acc.to(grad_ptr.dtype.element_ty), mask=c_ok[:, None] & pix_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+_FWD_BLOCK_PIX, _FWD_BLOCK_P = 64, 16
+_BWD_BLOCK_PIX, _BWD_BLOCK_C = 64, 32
+
+
+def _kernel_args(a: torch.Tensor, prm: CorrelationParams) -> tuple[int, ...]:
+    c, h, w = a.shape[1:]
+    oh, ow = prm.out_hw(h, w)
+    return (c, h, w, oh, ow, prm.patch_size[0] * prm.patch_size[1], prm.patch_size[1],
+            *prm.stride, *prm.padding, *prm.dilation, *prm.dilation_patch, *prm.centre, *prm.kernel_size)
+
+
+def _check_triton(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> None:
+    _validate(a, b, prm)
+    if a.dtype not in _DTYPES:
+        raise KernelUnsupportedError(f"correlation (triton): unsupported dtype {a.dtype}; use float32, float16 or bfloat16")
+    n, c, h, w = a.shape
+    oh, ow = prm.out_hw(h, w)
+    p = prm.patch_size[0] * prm.patch_size[1]
+    if c * h * w > _INT32_MAX or p * oh * ow > _INT32_MAX:
+        raise KernelUnsupportedError(
+            f"correlation (triton): one sample is too large for 32-bit offsets (C·H·W = {c * h * w}, "
+            f"P·oH·oW = {p * oh * ow})")
+
+
+def correlation_triton_fwd(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> torch.Tensor:
+    """Triton forward: a, b [B, C, H, W] (same dtype, contiguous after this call) → [B, pH, pW, oH, oW]."""
+    _check_triton(a, b, prm)
+    a, b = a.contiguous(), b.contiguous()
+    n = a.shape[0]
+    oh, ow = prm.out_hw(a.shape[2], a.shape[3])
+    pn = prm.patch_size[0] * prm.patch_size[1]
+    out = torch.empty((n, *prm.patch_size, oh, ow), device=a.device, dtype=a.dtype)
+    grid = (triton.cdiv(oh * ow, _FWD_BLOCK_PIX), n * triton.cdiv(pn, _FWD_BLOCK_P))
+    _correlation_fwd_kernel[grid](a, b, out, *_kernel_args(a, prm), BLOCK_PIX=_FWD_BLOCK_PIX, BLOCK_P=_FWD_BLOCK_P)
+    return out
+
+
+def correlation_triton_bwd(
+    grad_out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams,
+    need_a: bool = True, need_b: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Triton backward: grad_out [B, pH, pW, oH, oW] → (grad_a, grad_b), each [B, C, H, W] or None."""
+    _check_triton(a, b, prm)
+    n, c, h, w = a.shape
+    oh, ow = prm.out_hw(h, w)
+    expected = (n, *prm.patch_size, oh, ow)
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"correlation backward: grad_out has shape {tuple(grad_out.shape)}, expected {expected}")
+    g = grad_out.contiguous()
+    a, b = a.contiguous(), b.contiguous()
+    grid = (triton.cdiv(h * w, _BWD_BLOCK_PIX), n * triton.cdiv(c, _BWD_BLOCK_C))
+    args = _kernel_args(a, prm)
+    grads: list[torch.Tensor | None] = []
+    for needed, src, grad_b in ((need_a, b, False), (need_b, a, True)):
+        if not needed:
+            grads.append(None)
+            continue
+        grad = torch.empty_like(a)
+        _correlation_bwd_kernel[grid](g, src, grad, *args, GRAD_B=grad_b,
+                                      BLOCK_PIX=_BWD_BLOCK_PIX, BLOCK_C=_BWD_BLOCK_C)
+        grads.append(grad)
+    return grads[0], grads[1]
+
+
+# CPU path: each output row is a band of a small matmul.  For tap (i, j) and a tile of T output columns of output
+# row h, A = a[:, y(h, i), x-tile] is [T, C] and Bw = b over the pH displaced rows × a Tw-column window is
+# [pH·Tw, C] with Tw = (T − 1)·sW + (pW − 1)·dpW + 1; M = A·Bwᵀ is [T, pH, Tw] and
+# out[ph, pw, h, t] = M[t, ph, t·sW + pw·dpW] (a strided band view).  The matmuls run batched over (sample, output
+# row, tile).  The backward scatters grad_out into the bands of dM, then dA = dM·Bw and dBw = dMᵀ·A, the latter
+# overlap-added back onto b's rows and columns.
+
+def _cpu_tile(ow: int, span: int) -> int:
+    """Output columns per tile: wide enough to amortise the matmul, narrow enough to waste little on the band."""
+    return max(1, min(ow, max(16, 2 * span)))
+
+
+class _CpuPlan:
+    """Index bookkeeping shared by the CPU forward and backward (padded channels-last coordinates)."""
+
+    def __init__(self, shape: torch.Size, prm: CorrelationParams):
+        self.prm = prm
+        self.n, self.c, self.h, self.w = shape
+        self.oh, self.ow = prm.out_hw(self.h, self.w)
+        sw, dpw, pw_n = prm.stride[1], prm.dilation_patch[1], prm.patch_size[1]
+        self.span = (pw_n - 1) * dpw
+        self.tile = _cpu_tile(self.ow, self.span)
+        self.n_tiles = -(-self.ow // self.tile)
+        self.ow_pad = self.n_tiles * self.tile
+        self.win = (self.tile - 1) * sw + self.span + 1
+        # zero columns added on the right so that the last tile's window stays inside the padded row
+        a_cols = (self.ow_pad - 1) * sw + (prm.kernel_size[1] - 1) * prm.dilation[1] + 1
+        self.extra_w = max(0, a_cols - (self.w + 2 * prm.padding[1]))
+
+    def a_tile(self, a_cl: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        """a_cl [N, Ha, Wa, C] → A [N, oH, n_tiles, T, C] (a strided view) for tap (i, j)."""
+        (sh, sw), (dh, dw) = self.prm.stride, self.prm.dilation
+        s = a_cl.stride()
+        return a_cl.as_strided(
+            (self.n, self.oh, self.n_tiles, self.tile, self.c),
+            (s[0], sh * s[1], self.tile * sw * s[2], sw * s[2], s[3]),
+            a_cl.storage_offset() + i * dh * s[1] + j * dw * s[2])
+
+    def b_windows(self, b_cl: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        """b_cl [N, Hb, Wb, C] → Bw [N, oH, n_tiles, pH, Tw, C] (an overlapping view) for tap (i, j)."""
+        (sh, sw), (dh, dw), dph = self.prm.stride, self.prm.dilation, self.prm.dilation_patch[0]
+        s = b_cl.stride()
+        return b_cl.as_strided(
+            (self.n, self.oh, self.n_tiles, self.prm.patch_size[0], self.win, self.c),
+            (s[0], sh * s[1], self.tile * sw * s[2], dph * s[1], s[2], s[3]),
+            b_cl.storage_offset() + i * dh * s[1] + j * dw * s[2])
+
+    def add_b_windows(self, gb_cl: torch.Tensor, gb_win: torch.Tensor, i: int, j: int) -> None:
+        """Overlap-add gb_win [N, oH, n_tiles, pH, Tw, C] onto gb_cl [N, Hb, Wb, C] at the b_windows positions:
+        tiles q apart (q·T·sW ≥ Tw) never overlap, so each (ph, tile residue) group is one strided in-place add."""
+        (sh, sw), (dh, dw), dph = self.prm.stride, self.prm.dilation, self.prm.dilation_patch[0]
+        q = -(-self.win // (self.tile * sw))
+        s = gb_cl.stride()
+        for ph in range(self.prm.patch_size[0]):
+            for r in range(min(q, self.n_tiles)):
+                count = len(range(r, self.n_tiles, q))
+                target = gb_cl.as_strided(
+                    (self.n, self.oh, count, self.win, self.c),
+                    (s[0], sh * s[1], q * self.tile * sw * s[2], s[2], s[3]),
+                    gb_cl.storage_offset() + (i * dh + ph * dph) * s[1] + (j * dw + r * self.tile * sw) * s[2])
+                target.add_(gb_win[:, :, r::q, ph])
+
+    def band(self, m: torch.Tensor) -> torch.Tensor:
+        """m [N, oH, n_tiles, T, pH·Tw] (contiguous) → view [N, pH, pW, oH, n_tiles, T]: m[.., t, ph, t·sW + pw·dpW]."""
+        sw, dpw = self.prm.stride[1], self.prm.dilation_patch[1]
+        s = m.stride()
+        return m.as_strided(
+            (self.n, self.prm.patch_size[0], self.prm.patch_size[1], self.oh, self.n_tiles, self.tile),
+            (s[0], self.win, dpw, s[1], s[2], s[3] + sw),
+            m.storage_offset())
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _cpu_inputs(a: torch.Tensor, b: torch.Tensor, plan: _CpuPlan):
+    math_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    a_pad, b_pad, top, left = _pad_inputs(a.to(math_dtype), b.to(math_dtype), plan.prm, plan.extra_w)
+    return _channels_last(a_pad), _channels_last(b_pad), top, left
+
+
+def correlation_cpu_fwd(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> torch.Tensor:
+    """CPU forward (any device, fp32 math): a, b [B, C, H, W] → [B, pH, pW, oH, oW] in the input dtype."""
+    _validate(a, b, prm)
+    plan = _CpuPlan(a.shape, prm)
+    a_cl, b_cl, _, _ = _cpu_inputs(a, b, plan)
+    (kh, kw), (ph_n, pw_n) = prm.kernel_size, prm.patch_size
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            bw = plan.b_windows(b_cl, i, j).reshape(plan.n, plan.oh, plan.n_tiles, ph_n * plan.win, plan.c)
+            m = torch.matmul(plan.a_tile(a_cl, i, j), bw.transpose(-1, -2))
+            out = plan.band(m).clone() if out is None else out.add_(plan.band(m))
+    out = out.reshape(plan.n, ph_n, pw_n, plan.oh, plan.ow_pad)[..., : plan.ow]
+    return out.to(a.dtype).contiguous()
+
+
+def correlation_cpu_bwd(
+    grad_out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams,
+    need_a: bool = True, need_b: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """CPU backward: grad_out [B, pH, pW, oH, oW] → (grad_a, grad_b) [B, C, H, W] in the input dtype (or None)."""
+    _validate(a, b, prm)
+    plan = _CpuPlan(a.shape, prm)
+    expected = (plan.n, *prm.patch_size, plan.oh, plan.ow)
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"correlation backward: grad_out has shape {tuple(grad_out.shape)}, expected {expected}")
+    a_cl, b_cl, top, left = _cpu_inputs(a, b, plan)
+    g = F.pad(grad_out.to(a_cl.dtype), (0, plan.ow_pad - plan.ow))
+    g_tiles = g.view(plan.n, *prm.patch_size, plan.oh, plan.n_tiles, plan.tile)
+    ga_cl = torch.zeros_like(a_cl) if need_a else None
+    gb_cl = torch.zeros_like(b_cl) if need_b else None
+    (kh, kw), ph_n = prm.kernel_size, prm.patch_size[0]
+    dm = a_cl.new_zeros(plan.n, plan.oh, plan.n_tiles, plan.tile, ph_n * plan.win)
+    plan.band(dm).copy_(g_tiles)
+    for i in range(kh):
+        for j in range(kw):
+            a_tile = plan.a_tile(a_cl, i, j)
+            if need_a:
+                bw = plan.b_windows(b_cl, i, j).reshape(plan.n, plan.oh, plan.n_tiles, ph_n * plan.win, plan.c)
+                plan.a_tile(ga_cl, i, j).add_(torch.matmul(dm, bw))
+            if need_b:
+                gb_win = torch.matmul(dm.transpose(-1, -2), a_tile)  # [N, oH, n_tiles, pH·Tw, C]
+                plan.add_b_windows(gb_cl, gb_win.view(plan.n, plan.oh, plan.n_tiles, ph_n, plan.win, plan.c), i, j)
+    (pad_h, pad_w), (h, w) = prm.padding, (plan.h, plan.w)
+    grad_a = grad_b = None
+    if need_a:
+        grad_a = ga_cl[:, pad_h: pad_h + h, pad_w: pad_w + w].permute(0, 3, 1, 2).to(a.dtype).contiguous()
+    if need_b:
+        grad_b = gb_cl[:, top: top + h, left: left + w].permute(0, 3, 1, 2).to(b.dtype).contiguous()
+    return grad_a, grad_b
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# autograd
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class CorrelationFunction(torch.autograd.Function):
+    """Autograd wrapper over the Triton or CPU forward/backward pair (``backend`` is "triton" or "cpu")."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams, backend: str) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.prm, ctx.backend = prm, backend
+        if backend == "triton":
+            return correlation_triton_fwd(a, b, prm)
+        return correlation_cpu_fwd(a, b, prm)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        a, b = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        bwd = correlation_triton_bwd if ctx.backend == "triton" else correlation_cpu_bwd
+        grad_a, grad_b = bwd(grad_out, a, b, ctx.prm, need_a, need_b)
+        return grad_a, grad_b, None, None
+
+
+def correlation(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    kernel_size: int | tuple[int, int] = 1,
+    patch_size: int | tuple[int, int] = 1,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    dilation_patch: int | tuple[int, int] = 1,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Spatial correlation of a and b [B, C, H, W] → [B, pH, pW, oH, oW] (formula in the module docstring).
+
+    backend: "auto" (Triton for CUDA tensors, the CPU path otherwise), "triton", "cpu" or "reference".
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"correlation: unknown backend {backend!r}; choose from {', '.join(_BACKENDS)}")
+    prm = CorrelationParams.make(kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    _validate(a, b, prm)
+    if backend == "reference":
+        return correlation_reference(a, b, prm.kernel_size, prm.patch_size, prm.stride, prm.padding,
+                                     prm.dilation, prm.dilation_patch)
+    if backend == "auto":
+        backend = "triton" if a.is_cuda else "cpu"
+    return CorrelationFunction.apply(a, b, prm, backend)
