@@ -1,0 +1,1 @@
+"""Test helpers shared by stream and engine tests: media makers, a loopback RTSP server, a collecting sink."""
