@@ -74,7 +74,7 @@ def rle_area(rle: Rle) -> int:
 
 def rle_decode(rle: Rle) -> np.ndarray:
     """Bool[H, W] mask of one RLE."""
-    return mask_utils.decode(rle).astype(bool)
+    return mask_utils.decode([rle])[:, :, 0].astype(bool)
 
 
 def rle_encode(mask: np.ndarray) -> Rle:
