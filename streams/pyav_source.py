@@ -147,7 +147,7 @@ class PyAVSource(Source):
                         return
                     sink.put_event(make_event(sid, StreamState.ENDED, "end of stream"))
                     return
-                session.reason = f"{redact(self.config.uri)}: stream ended"
+                session.reason = f"{redact(self.config.uri)}: stream ended (end of file or connection closed)"
             if not self.reconnect:
                 sink.put_event(make_event(sid, StreamState.ERROR, session.reason, fatal=True))
                 return
