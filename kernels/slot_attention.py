@@ -41,6 +41,7 @@ MAX_DIM = 512
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BACKENDS = ("auto", "triton", "cpu", "reference")
 _LOG2_E = 1.4426950408889634
+TARGET_PROGRAMS = 512  # input chunks are sized so that batch × splits ≈ this many programs
 
 
 # ----------------------------------------------------------------------------------------------------------- reference
@@ -233,12 +234,12 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def _config(batch: int, num_slots: int, num_inputs: int, dim: int) -> dict[str, int]:
-    """Block sizes and the input split: ~512 programs in all, every block dimension ≥ 16."""
+    """Block sizes and the input split (~TARGET_PROGRAMS programs in all); every block dimension ≥ 16."""
     block_s = max(16, triton.next_power_of_2(num_slots))
     block_d = max(16, triton.next_power_of_2(dim))
     block_n = max(16, min(64, triton.next_power_of_2(num_inputs), 8192 // block_d))
     num_blocks = triton.cdiv(num_inputs, block_n)
-    splits = max(1, min(num_blocks, triton.cdiv(512, batch)))
+    splits = max(1, min(num_blocks, triton.cdiv(TARGET_PROGRAMS, batch)))
     chunk_n = triton.cdiv(num_blocks, splits) * block_n
     return {
         "BLOCK_S": block_s, "BLOCK_N": block_n, "BLOCK_D": block_d,
