@@ -34,7 +34,8 @@ class _Attached:
     source: Source
     queue: SourceQueue
     stop: threading.Event
-    thread: threading.Thread
+    thread: threading.Thread | None = None
+    removed: bool = False  # detached by request: ``removed`` is published after the source's last event
 
 
 class Engine:
@@ -87,7 +88,8 @@ class Engine:
             self._ready.notify_all()
         deadline = time.monotonic() + timeout_s
         for a in attached:
-            a.thread.join(max(0.0, deadline - time.monotonic()))
+            if a.thread is not None:
+                a.thread.join(max(0.0, deadline - time.monotonic()))
         if self._loop_thread is not None:
             self._loop_thread.join(max(0.1, deadline - time.monotonic()))
         self.analyzer.stop()
@@ -114,14 +116,14 @@ class Engine:
             if config.stream_id in self._queues:
                 raise ConfigError(f"stream {config.stream_id!r} is already attached")
             q = SourceQueue(config.stream_id, source.queue_size, source.overflow, self._ready)
-            stop = threading.Event()
-            thread = threading.Thread(
-                target=self._run_source, args=(source, q, stop), name=f"amodal-source-{config.stream_id}", daemon=True
+            attached = _Attached(source, q, threading.Event())
+            attached.thread = threading.Thread(
+                target=self._run_source, args=(attached,), name=f"amodal-source-{config.stream_id}", daemon=True
             )
-            self._attached[config.stream_id] = _Attached(source, q, stop, thread)
+            self._attached[config.stream_id] = attached
             self._queues[config.stream_id] = q
             self._ever_attached = True
-        thread.start()
+        attached.thread.start()
 
     def remove_source(self, stream_id: str, timeout_s: float = 5.0) -> None:
         """Detach a source: it stops, its queued frames are still analysed, then ``removed`` is published."""
@@ -129,11 +131,11 @@ class Engine:
             attached = self._attached.get(stream_id)
             if attached is None:
                 raise ConfigError(f"no stream {stream_id!r} is attached; attached: {sorted(self._attached)}")
+            attached.removed = True
             attached.stop.set()
             attached.queue.closed = True
             self._ready.notify_all()
         attached.thread.join(timeout_s)
-        attached.queue.put_event(StreamEvent(stream_id, StreamState.REMOVED, "removed by request", time.time_ns()))
 
     @property
     def streams(self) -> list[str]:
@@ -150,14 +152,17 @@ class Engine:
         return self.metrics.snapshot(queues)
 
     # ------------------------------------------------------------------------------------- threads
-    def _run_source(self, source: Source, q: SourceQueue, stop: threading.Event) -> None:
+    def _run_source(self, attached: _Attached) -> None:
+        source, q = attached.source, attached.queue
         try:
-            source.run(q, stop)
+            source.run(q, attached.stop)
         except Exception as exc:  # a source must not raise; if one does, the stream ends, the engine goes on
             log.exception("source %s raised", source.stream_id)
             q.put_event(StreamEvent(source.stream_id, StreamState.ERROR, f"internal error: {exc!r}", time.time_ns(), fatal=True))
         finally:
             with self._ready:
+                if attached.removed:
+                    q.put_event(StreamEvent(source.stream_id, StreamState.REMOVED, "removed by request", time.time_ns()))
                 q.finished = True
                 self._ready.notify_all()
 
@@ -192,7 +197,7 @@ class Engine:
         with self._ready:
             self._queues.pop(stream_id, None)
             attached = self._attached.pop(stream_id, None)
-        if attached is not None:
+        if attached is not None and attached.thread is not None:
             attached.thread.join(1.0)
         self.analyzer.on_source_eos(stream_id)
 
