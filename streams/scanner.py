@@ -9,7 +9,7 @@ becomes one frame.  A half-written file is never delivered:
 * any other file must have kept the same size and mtime for ``settle_s`` (default ``max(0.2,
   2 * poll_interval_s)``) AND decode completely; a stable file that still does not decode is retried
   until it has been stable for ``give_up_s`` (default ``read_timeout_s``), then reported with a non-fatal
-  ERROR event naming the file and skipped.
+  ERROR event naming the file and skipped (until its size or mtime change again).
 
 Order: by modification time, then name.  A ready file is held back while an older (by that order) file is
 still settling, so delivery order follows the order of the files' completion by the scanner.  Files present
@@ -105,6 +105,7 @@ class ScannerSource(Source):
     def __init__(self, config: SourceConfig) -> None:
         super().__init__(config)
         self.settings = parse_scanner_uri(config)
+        self._failed: dict[str, tuple[int, int]] = {}
 
     def run(self, sink: FrameSink, stop: threading.Event) -> None:
         sid = self.stream_id
@@ -113,6 +114,7 @@ class ScannerSource(Source):
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         pending: dict[str, _Pending] = {}
         done: set[str] = set()
+        self._failed: dict[str, tuple[int, int]] = {}  # skipped undecodable files: (size, mtime_ns)
         index = 0
         first_mtime_ns: int | None = None
         up = False
@@ -165,6 +167,9 @@ class ScannerSource(Source):
             if name not in entries:  # deleted or renamed away before it settled
                 del pending[name]
         for name, st in entries.items():
+            if name in self._failed and self._failed[name] != (st.st_size, st.st_mtime_ns):
+                del self._failed[name]  # a skipped file was rewritten: give it another chance
+                done.discard(name)
             if name in done:
                 continue
             seen = pending.get(name)
@@ -193,6 +198,7 @@ class ScannerSource(Source):
             elif now_s - item.stable_since_s >= self.settings.give_up_s:
                 del pending[path.name]
                 done.add(path.name)
+                self._failed[path.name] = (item.size, item.mtime_ns)
                 reason = f"scanner file {path} is not a decodable image, skipped: {exc}"
                 sink.put_event(make_event(self.stream_id, StreamState.ERROR, reason, fatal=False))
             return None
