@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from pathlib import Path
 from typing import Any, Iterable
 
 from pycocotools import mask as mask_utils
@@ -179,11 +180,11 @@ class COCOEvaluator:
         return result
 
 
-def evaluate_coco(ground_truth: dict[str, Any] | str, predictions: list[dict[str, Any]] | str,
+def evaluate_coco(ground_truth: dict[str, Any] | str | Path, predictions: list[dict[str, Any]] | str | Path,
                   iou_type: str = "segm", occluded_key: str | None = None) -> dict[str, Any]:
     """One call: COCO AP (+ occluded-only AP) of ``predictions`` against ``ground_truth`` (dicts or JSON paths)."""
-    gt = load_json(ground_truth, "ground-truth") if isinstance(ground_truth, str) else ground_truth
-    dt = load_json(predictions, "predictions") if isinstance(predictions, str) else predictions
+    gt = load_json(ground_truth, "ground-truth") if isinstance(ground_truth, (str, Path)) else ground_truth
+    dt = load_json(predictions, "predictions") if isinstance(predictions, (str, Path)) else predictions
     if not isinstance(gt, dict):
         raise ConfigError("ground truth must be a COCO dict with images, annotations, categories")
     evaluator = COCOEvaluator(gt, iou_type=iou_type, occluded_key=occluded_key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,9 @@ def rle_area(rle: Rle) -> int:
 
 def rle_decode(rle: Rle) -> np.ndarray:
     """Bool[H, W] mask of one RLE."""
-    return mask_utils.decode([rle])[:, :, 0].astype(bool)
+    with warnings.catch_warnings():  # pycocotools' decode trips a numpy-2 DeprecationWarning about __array__
+        warnings.filterwarnings("ignore", message=r"__array__ implementation", category=DeprecationWarning)
+        return mask_utils.decode([rle])[:, :, 0].astype(bool)
 
 
 def rle_encode(mask: np.ndarray) -> Rle:
