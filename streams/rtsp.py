@@ -20,7 +20,7 @@ from amodal.streams.pyav_source import PyAVSource
 
 #: demuxer probing knobs: enough to find SPS/PPS in a camera stream, small enough to start fast
 PROBE_SIZE_BYTES = 65536
-ANALYZE_DURATION_US = 500_000
+ANALYZE_DURATION_US = 200_000
 
 
 def rtsp_options(config: SourceConfig) -> dict[str, str]:

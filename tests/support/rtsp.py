@@ -1,6 +1,7 @@
 """Start/stop/restart the loopback GStreamer RTSP server (``rtsp_server.py``) from tests."""
 from __future__ import annotations
 
+import atexit
 import os
 import selectors
 import signal
@@ -55,6 +56,7 @@ class RtspServer:
                 cmd += ["--mount", mount]
             log = tempfile.TemporaryFile(mode="w+")
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+            atexit.register(self._terminate)
             line = self._read_line(deadline)
             if line.startswith("READY"):
                 log.close()
