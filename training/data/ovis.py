@@ -12,8 +12,10 @@ Format (one JSON per split)::
 Occlusion labels from an exact occlusion level ``1 − visible/amodal`` (our synthetic sets): below
 ``NO_OCCLUSION_MAX_LEVEL`` (0.01) → no_occlusion, up to ``SLIGHT_OCCLUSION_MAX_LEVEL`` (0.5) → slight_occlusion,
 above → severe_occlusion (OVIS annotators' "slight" and "severe" split the hidden fraction at one half).
-Video-level bucket (OVIS): each labelled object-frame scores no 0 / slight 0.25 / severe 0.75; the video's
-score is the mean of the top ⌈n/2⌉ of its n scores; light ≤ 0.25 < medium ≤ 0.5 < heavy.
+Occlusion buckets (OVIS): each labelled frame scores no 0 / slight 0.25 / severe 0.75; a score is the mean of
+the top ⌈n/2⌉ of the n scores; light ≤ 0.25 < medium ≤ 0.5 < heavy. The OVIS evaluation (and
+``amodal.training.evaluation.vis``) scores each GT *track* this way; ``video_bucket`` applies the same rule to
+all labelled object-frames of a video.
 """
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ def occlusion_label(level: float) -> str:
     return "severe_occlusion"
 
 
-def video_occlusion_score(labels: list[str]) -> float:
-    """OVIS video score: mean of the top ⌈n/2⌉ per-object-frame scores (0 when nothing is labelled)."""
+def occlusion_score(labels: list[str]) -> float:
+    """OVIS occlusion score of a set of labels: mean of the top ⌈n/2⌉ label scores (0 when there are none)."""
     scores = sorted((OCCLUSION_LABEL_SCORE[label] for label in labels), reverse=True)
     if not scores:
         return 0.0
@@ -325,7 +327,16 @@ class OvisDataset:
                 yield OvisClip(video, frames, self.frame(video, ref))
 
     def video_bucket(self, video_id: int) -> tuple[float, str]:
-        """(OVIS occlusion score, bucket) of a video from its per-frame occlusion labels."""
+        """(occlusion score, bucket) of a video over all its labelled object-frames."""
         labels = [label for tr in self.tracks(video_id) for label in (tr.occlusion or ()) if label is not None]
-        score = video_occlusion_score(labels)
+        score = occlusion_score(labels)
+        return score, occlusion_bucket(score)
+
+    @staticmethod
+    def track_bucket(track: OvisTrack) -> tuple[float, str] | None:
+        """(occlusion score, bucket) of one track as the OVIS evaluation computes it; None without labels."""
+        labels = [label for label in (track.occlusion or ()) if label is not None]
+        if not labels:
+            return None
+        score = occlusion_score(labels)
         return score, occlusion_bucket(score)

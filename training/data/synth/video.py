@@ -43,7 +43,7 @@ from amodal.training.data.ovis import (
     SLIGHT_OCCLUSION_MAX_LEVEL,
     occlusion_bucket,
     occlusion_label,
-    video_occlusion_score,
+    occlusion_score,
 )
 from amodal.training.data.synth import _render as R
 
@@ -405,6 +405,7 @@ class _VideoResult:
     annotations: list[dict]
     movi_instances: list[str]
     labels: list[str]
+    track_buckets: list[str]
     score: float
     bucket: str
 
@@ -471,6 +472,7 @@ def write_video(out_dir: Path, name: str, split: str, scene: Scene, cfg: VideoCo
                    "regime": scene.regime}
     annotations = []
     labels = []
+    track_buckets = []
     movi_instances = []
     instances_meta = []
     for i, obj in enumerate(scene.objects):
@@ -483,7 +485,9 @@ def write_video(out_dir: Path, name: str, split: str, scene: Scene, cfg: VideoCo
         if not movi_frames[i]:
             continue
         movi_instances.append(f"{name}-{i}")
-        labels.extend(label for label in occ[i] if label is not None)
+        track_labels = [label for label in occ[i] if label is not None]
+        labels.extend(track_labels)
+        track_buckets.append(occlusion_bucket(occlusion_score(track_labels)))
         annotations.append({
             "video_id": None, "category_id": cat_id, "iscrowd": 0, "height": H, "width": W, "length": 1,
             "segmentations": segs[i], "areas": areas[i], "bboxes": boxes[i], "occlusion": occ[i],
@@ -497,8 +501,16 @@ def write_video(out_dir: Path, name: str, split: str, scene: Scene, cfg: VideoCo
     }
     (movi_dir / "metadata.json").write_text(json.dumps(metadata))
     (movi_dir / "data_ranges.json").write_text("{}")
-    score = video_occlusion_score(labels)
-    return _VideoResult(name, split, video_entry, annotations, movi_instances, labels, score, occlusion_bucket(score))
+    score = occlusion_score(labels)
+    return _VideoResult(name, split, video_entry, annotations, movi_instances, labels, track_buckets, score,
+                        occlusion_bucket(score))
+
+
+def scene_for(seed: int, index: int, cfg: VideoConfig) -> Scene:
+    """The scene of video ``index`` of a dataset generated with ``seed`` (regimes cycle light/medium/heavy
+    from a seed-dependent start, so every few videos span all three)."""
+    offset = int(np.random.default_rng([seed, 0x5EED]).integers(3))
+    return make_scene(np.random.default_rng([seed, index]), cfg, REGIMES[(index + offset) % 3])
 
 
 def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict:
@@ -511,12 +523,9 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_held = int(round(cfg.held_out_fraction * n))
-    offset = int(np.random.default_rng([seed, 0x5EED]).integers(3))
     results: list[_VideoResult] = []
-    for k in tqdm(range(n), desc="synth video", unit="video", file=None, leave=False):
-        rng = np.random.default_rng([seed, k])
-        regime = REGIMES[(k + offset) % 3]
-        scene = make_scene(rng, cfg, regime)
+    for k in tqdm(range(n), desc="synth video", unit="video", leave=False):
+        scene = scene_for(seed, k, cfg)
         split = cfg.held_out_split if k >= n - n_held else cfg.split
         results.append(write_video(out_dir, f"vid{k:05d}", split, scene, cfg))
     splits: dict[str, list[str]] = {}
@@ -536,6 +545,7 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
         np.save(out_dir / "movi" / split / "instance_list.npy",
                 np.array([s for r in part for s in r.movi_instances], dtype=str))
     buckets = {b: sum(r.bucket == b for r in results) for b in BUCKETS}
+    track_buckets = {b: sum(r.track_buckets.count(b) for r in results) for b in BUCKETS}
     labels = {lab: sum(r.labels.count(lab) for r in results) for lab in OCCLUSION_LABELS}
     marker = {
         "kind": "video", "seed": seed, "n": n, "generator_version": GENERATOR_VERSION,
@@ -543,12 +553,12 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
         "splits": splits, "ovis_annotations": {s: f"annotations/{s}.json" for s in splits}, "movi_root": "movi",
         "occlusion_thresholds": {"no_occlusion_below": NO_OCCLUSION_MAX_LEVEL,
                                  "slight_occlusion_up_to": SLIGHT_OCCLUSION_MAX_LEVEL},
-        "occlusion_buckets": buckets,
+        "occlusion_buckets_videos": buckets, "occlusion_buckets_tracks": track_buckets,
     }
     (out_dir / "amodal_dataset.json").write_text(json.dumps(marker, indent=1))
     return {"videos": n, "frames": n * cfg.frames, "instances": sum(len(r.annotations) for r in results),
-            "splits": {s: len(v) for s, v in splits.items()}, "occlusion_buckets": buckets,
-            "frame_labels": labels}
+            "splits": {s: len(v) for s, v in splits.items()}, "occlusion_buckets_videos": buckets,
+            "occlusion_buckets_tracks": track_buckets, "frame_labels": labels}
 
 
 # --------------------------------------------------------------------------------------------------
