@@ -69,6 +69,7 @@ class _Progress:
     def __init__(self) -> None:
         self.index = 0
         self.corrupt_packets = 0
+        self.up = False  # the last state reported was UP (loops do not repeat it)
 
 
 class PyAVSource(Source):
@@ -148,10 +149,14 @@ class PyAVSource(Source):
                     sink.put_event(make_event(sid, StreamState.ENDED, "end of stream"))
                     return
                 session.reason = f"{redact(self.config.uri)}: stream ended (end of file or connection closed)"
+                if not self.reconnect:
+                    sink.put_event(make_event(sid, StreamState.ENDED, session.reason))
+                    return
             if not self.reconnect:
                 sink.put_event(make_event(sid, StreamState.ERROR, session.reason, fatal=True))
                 return
             delay_s = backoff.next_delay_s()
+            progress.up = False
             sink.put_event(make_event(sid, StreamState.RECONNECTING, session.reason, attempt=backoff.attempt))
             if stop.wait(delay_s):
                 sink.put_event(make_event(sid, StreamState.ENDED, "stopped"))
@@ -223,7 +228,8 @@ class PyAVSource(Source):
                 for av_frame in frames:
                     receipt_ns = time.time_ns()
                     mono_ns = time.monotonic_ns()
-                    if session.frames == 0:
+                    if not progress.up:
+                        progress.up = True
                         sink.put_event(make_event(sid, StreamState.UP, note, attempt=attempt))
                     pts_s = float(av_frame.time) if av_frame.time is not None else None
                     if self.paced:

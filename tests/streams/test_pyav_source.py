@@ -53,6 +53,7 @@ def test_file_uri_max_frames_and_loop(video_mp4: Path) -> None:
     # the pts restart at each loop: 50 frames per pass
     assert sink.frames[50].pts_s == sink.frames[0].pts_s and sink.frames[100].pts_s == sink.frames[0].pts_s
     assert sink.events[-1].state == StreamState.ENDED and sink.events[-1].reason == "max_frames reached"
+    assert sink.states() == [StreamState.CONNECTING, StreamState.UP, StreamState.ENDED]  # no UP per loop
 
 
 def test_sink_refusal_ends_source(video_mp4: Path) -> None:
