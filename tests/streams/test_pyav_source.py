@@ -151,3 +151,44 @@ def test_synthetic_keeps_flowing_next_to_file(video_mp4: Path) -> None:
         assert len(sink.frames) == 50
     finally:
         assert synth.stop() < 2.0
+
+
+def test_http_hls_is_live_and_reconnects(tmp_path: Path) -> None:
+    """HLS over a loopback HTTP server: at the end of the playlist (or when the server goes away) a live
+    source reports RECONNECTING and resumes; indexes continue."""
+    import functools
+    import subprocess
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.support.media import FFMPEG
+
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-t", "0.4",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "5", "-f", "hls", "-hls_time", "0.2",
+                    "-hls_playlist_type", "vod", str(tmp_path / "live.m3u8")], check=True, timeout=60)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/live.m3u8"
+    config = SourceConfig(url, "hls", backoff_initial_s=0.05, backoff_max_s=0.1, read_timeout_s=2.0)
+    source = PyAVSource(config)
+    assert source.live and source.reconnect
+    try:
+        with SourceThread(source, ListSink(keep_planes=False)) as runner:
+            assert runner.sink.wait_frames(25, 20), runner.sink.events  # > 10 frames per pass: it came back
+            recon = runner.sink.wait_event(StreamState.RECONNECTING, 1)
+            assert recon is not None and "stream ended" in recon.reason
+            server.shutdown()
+            server.server_close()
+            refused = runner.sink.wait_for(
+                lambda s: any(e.state == StreamState.RECONNECTING and "failed" in (e.reason or "") for e in s.events), 10)
+            assert refused, runner.sink.events
+        idx = [f.index for f in runner.sink.frames]
+        assert idx == list(range(len(idx)))
+    finally:
+        server.server_close()
