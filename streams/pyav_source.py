@@ -94,6 +94,12 @@ class PyAVSource(Source):
         self.format_name = format_name
         self.options = dict(options or {})
         self._hwaccel_failure: str | None = None  # set once the hardware decoder failed to open
+        self._progress = _Progress()
+
+    @property
+    def corrupt_packets(self) -> int:
+        """Packets of a live stream skipped because they did not decode (lost/damaged data)."""
+        return self._progress.corrupt_packets
 
     # -- policy ------------------------------------------------------------------------------------
     @property
@@ -125,7 +131,7 @@ class PyAVSource(Source):
     def run(self, sink: FrameSink, stop: threading.Event) -> None:
         sid = self.stream_id
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
-        progress = _Progress()
+        progress = self._progress = _Progress()
         sink.put_event(make_event(sid, StreamState.CONNECTING))
         while True:
             if stop.is_set():
@@ -187,6 +193,8 @@ class PyAVSource(Source):
             return _Session("failed", reason=self.describe_failure(exc, time.monotonic() - started, opening=True))
         try:
             return self._decode(container, note, sink, stop, progress, attempt)
+        except Exception as exc:  # run() must never raise: anything unexpected becomes this session's failure
+            return _Session("failed", reason=f"{redact(self.config.uri)}: unexpected {type(exc).__name__}: {exc}")
         finally:
             container.close()
 
