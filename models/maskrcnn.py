@@ -35,6 +35,11 @@ class MaskRCNNConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 96)
+    box_head_dim: int = 1024  # TwoMLPHead representation size
+    mask_head_channels: int = 256  # width of the four mask-head convolutions
+    rpn_post_nms_train: int = 2000
+    rpn_post_nms_test: int = 1000
+    box_batch_size_per_image: int = 512
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -95,11 +100,25 @@ def build_backbone(config: MaskRCNNConfig) -> BackboneWithFPN:
 def build_maskrcnn(*, config: MaskRCNNConfig) -> MaskRCNN:
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
     backbone = build_backbone(config)
     anchors = AnchorGenerator(tuple((s,) for s in config.anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
+    c = backbone.out_channels
+    m = config.mask_head_channels
     return MaskRCNN(
         backbone,
-        num_classes=config.num_classes,
+        num_classes=None,
+        box_head=TwoMLPHead(c * 7 * 7, config.box_head_dim),
+        box_predictor=_box_predictor(config.box_head_dim, config.num_classes),
+        mask_head=MaskRCNNHeads(c, (m, m, m, m), 1),
+        mask_predictor=MaskRCNNPredictor(m, m, config.num_classes),
+        rpn_pre_nms_top_n_train=config.rpn_post_nms_train,
+        rpn_post_nms_top_n_train=config.rpn_post_nms_train,
+        rpn_pre_nms_top_n_test=config.rpn_post_nms_test,
+        rpn_post_nms_top_n_test=config.rpn_post_nms_test,
+        box_batch_size_per_image=config.box_batch_size_per_image,
         min_size=config.min_size,
         max_size=config.max_size,
         image_mean=list(config.image_mean),
@@ -109,6 +128,12 @@ def build_maskrcnn(*, config: MaskRCNNConfig) -> MaskRCNN:
         box_score_thresh=config.box_score_thresh,
         box_nms_thresh=config.box_nms_thresh,
     )
+
+
+def _box_predictor(dim: int, num_classes: int):
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    return FastRCNNPredictor(dim, num_classes)
 
 
 COCO_CATEGORY_NAMES = (

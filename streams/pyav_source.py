@@ -244,7 +244,8 @@ class PyAVSource(Source):
                         pace_origin = self._pace(pace_origin, pts_s, session.frames, frame_s, stop)
                         if stop.is_set():
                             return _Session("stopped", session.frames)
-                        mono_ns = time.monotonic_ns()
+                        # a paced file frame is "captured" when it is released, as a camera's would be
+                        receipt_ns, mono_ns = time.time_ns(), time.monotonic_ns()
                     pixel_format, planes = frame_planes(av_frame)
                     frame = Frame(
                         stream_id=sid,

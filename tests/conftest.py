@@ -3,9 +3,16 @@ before any kernel module is imported, so it is set here, at collection start."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# the repository root on sys.path makes the shared test helpers importable as ``tests.support.*``
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
 
 GPU = torch.cuda.is_available()
 if not GPU:

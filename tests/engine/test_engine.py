@@ -218,3 +218,46 @@ def test_publisher_bind_failure_is_a_clear_error(endpoint):
             Engine(EngineConfig(publish=endpoint), analyzer=IdentityAnalyzer()).start()
     finally:
         first.stop()
+
+
+def test_rtsp_restart_reconnects_while_a_second_stream_keeps_flowing(endpoint, tmp_path):
+    """Kill the RTSP server: the status topic says reconnecting, the file stream keeps publishing; restart:
+    the camera is up again and publishes frames."""
+    import os
+
+    from tests.support.media import make_video
+    from tests.support.rtsp import RtspServer, gst_rtsp_available
+
+    if not gst_rtsp_available():
+        if os.environ.get("CI"):
+            pytest.fail("GStreamer RTSP server not available — .ci/system-deps.sh installs it")
+        pytest.skip("GStreamer RTSP server not available")
+    from amodal.streams.base import SourceConfig
+
+    clip = make_video(tmp_path / "clip.mp4", seconds=8.0, fps=25, size=(160, 120), gop=25)
+    server = RtspServer(("/cam",)).start()
+    engine, sub = _start(endpoint, exit_when_done=False, max_batch_size=4)
+    try:
+        engine.add_source(SourceConfig(uri=server.url(), stream_id="cam", backoff_initial_s=0.2, backoff_max_s=0.5,
+                                       open_timeout_s=2.0, read_timeout_s=1.0))
+        got = _collect(sub, lambda g: sum(isinstance(m, FrameMessage) and m.result.stream_id == "cam" for m in g) >= 10)
+        assert sum(isinstance(m, FrameMessage) and m.result.stream_id == "cam" for m in got) >= 10
+        engine.add_source(SourceConfig(uri=str(clip), stream_id="file", realtime=True))
+        _collect(sub, lambda g: any(isinstance(m, FrameMessage) and m.result.stream_id == "file" for m in g))
+        server.kill()
+        during = _collect(sub, lambda g: any(isinstance(m, StatusMessage) and m.event.state == StreamState.RECONNECTING for m in g))
+        reconnecting = [m.event for m in during if isinstance(m, StatusMessage) and m.event.state == StreamState.RECONNECTING]
+        assert reconnecting and reconnecting[0].stream_id == "cam" and reconnecting[0].reason
+        outage = _collect(sub, lambda g: sum(isinstance(m, FrameMessage) for m in g) >= 15, timeout_s=5)
+        file_frames = [m for m in outage if isinstance(m, FrameMessage) and m.result.stream_id == "file"]
+        assert len(file_frames) >= 15, "the file stream must keep flowing while the camera is down"
+        server.restart()
+        after = _collect(sub, lambda g: sum(isinstance(m, FrameMessage) and m.result.stream_id == "cam" for m in g) >= 5, timeout_s=30)
+        states = [m.event.state for m in after if isinstance(m, StatusMessage) and m.event.stream_id == "cam"]
+        assert StreamState.UP in states
+        cam = [m.result.frame_index for m in after if isinstance(m, FrameMessage) and m.result.stream_id == "cam"]
+        assert len(cam) >= 5 and cam == sorted(cam)
+    finally:
+        engine.stop()
+        sub.close()
+        server.stop()

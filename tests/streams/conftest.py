@@ -1,6 +1,7 @@
 """Fixtures for stream tests; the helpers live in ``tests/support`` (importable as ``tests.support``)."""
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,10 @@ def rtsp_available() -> bool:
 def rtsp_server(rtsp_available: bool) -> Iterator[RtspServer]:
     """A fresh loopback RTSP server with mounts /cam0 and /cam1 on a free port (stopped afterwards)."""
     if not rtsp_available:
-        pytest.skip("GStreamer RTSP server (system python3 + gi + GstRtspServer + x264enc) not available")
+        message = "GStreamer RTSP server (system python3 + gi + GstRtspServer + x264enc) not available"
+        if os.environ.get("CI"):
+            pytest.fail(message + " — .ci/system-deps.sh installs it")
+        pytest.skip(message)
     server = RtspServer(("/cam0", "/cam1")).start()
     try:
         yield server
