@@ -266,10 +266,8 @@ def annotate_scene(scene: RenderedScene, image_id: int, first_ann_id: int, segm:
 
 
 def _write_image(path: Path, img: np.ndarray) -> None:
-    if img.dtype == np.uint16:
-        Image.fromarray(img, mode="I;16").save(path)
-    else:
-        Image.fromarray(img).save(path)
+    """uint8 RGB → 8-bit PNG; uint16[H, W] → 16-bit grayscale PNG (PIL mode I;16)."""
+    Image.fromarray(np.ascontiguousarray(img)).save(path)
 
 
 def _write_marker(out_dir: Path, seed: int, n: int, cfg: XrayConfig) -> None:

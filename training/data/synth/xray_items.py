@@ -174,7 +174,7 @@ def scissors(rng: np.random.Generator) -> list[Part]:
     parts: list[Part] = []
     for side in (-1.0, 1.0):
         a = side * opening / 2
-        blade = rotate_points(((-10, -5 * side), (bl, -1.2 * side), (bl, 0.6 * side), (-10, 5 * side)), a)
+        blade = rotate_points(((-10, -6 * side), (bl, -2.5 * side), (bl, 1.0 * side), (-10, 5 * side)), a)
         ring_c = rotate_points(((-2.6 * rr, side * rr * 0.95),), a)[0]
         shank = (rotate_points(((-4, 0),), a)[0], (ring_c[0] + rr * 0.75, ring_c[1] - side * rr * 0.3))
         parts += [
@@ -239,21 +239,22 @@ def pliers(rng: np.random.Generator) -> list[Part]:
 def hammer(rng: np.random.Generator) -> list[Part]:
     """Steel head with a claw, wooden or steel-cored handle with a rubber grip."""
     head_len, head_h, handle_len = _u(rng, 90, 130), _u(rng, 22, 30), _u(rng, 230, 320)
+    right = 0.4 * head_len  # the head spans [-0.6, 0.4] x head_len
     claw = (
-        (head_len / 2 - 5, -head_h / 2), (head_len / 2 + 35, -head_h / 2 - 18),
-        (head_len / 2 + 38, -head_h / 2 - 10), (head_len / 2 + 5, head_h / 2),
+        (right - 5, -head_h / 2), (right + 35, -head_h / 2 - 18),
+        (right + 38, -head_h / 2 - 10), (right + 5, head_h / 2),
     )  # fmt: skip
     wood = rng.random() < 0.5
     parts = [
         Part(Box(-head_len * 0.1, 0, head_len / 2, head_h / 2, radius=3), "steel", head_h, "round", head_h / 2),
         Part(Polygon(claw), "steel", 12),
-        Part(Ellipse(-head_len * 0.6, 0, 8, head_h / 2 + 2), "steel", 20, "round", 8),
+        Part(Ellipse(-head_len * 0.6 + 4, 0, 8, head_h / 2 + 2), "steel", 20, "round", 8),
     ]
     hw = 14.0
     if wood:
-        parts.append(Part(Box(0, handle_len / 2 + head_h / 2, hw, handle_len / 2, radius=6), "wood", 26, "round", hw))
+        parts.append(Part(Box(0, handle_len / 2 + head_h / 2 - 6, hw, handle_len / 2, radius=6), "wood", 26, "round", hw))
     else:
-        parts.append(Part(Box(0, handle_len / 2 + head_h / 2, 6, handle_len / 2, radius=3), "steel", 12, "tube", 6, 2))
+        parts.append(Part(Box(0, handle_len / 2 + head_h / 2 - 6, 6, handle_len / 2, radius=3), "steel", 12, "tube", 6, 2))
         parts.append(
             Part(Box(0, handle_len * 0.75 + head_h / 2, hw, handle_len / 4, radius=6), "rubber", 26, "round", hw)
         )
@@ -311,9 +312,8 @@ def sprayer(rng: np.random.Generator) -> list[Part]:
 def handcuffs(rng: np.random.Generator) -> list[Part]:
     """Two steel cuffs (ring + ratchet arm) joined by a short chain of links."""
     r_out = _u(rng, 33, 40)
-    gap = _u(rng, 8, 30)
-    link_n = int(rng.integers(2, 4))
-    sep = r_out + gap / 2 + link_n * 5
+    chain = _u(rng, 10, 40)  # free length between the two swivels
+    sep = r_out + 10 + chain / 2
     parts: list[Part] = []
     for side in (-1.0, 1.0):
         cx = side * sep
@@ -321,10 +321,10 @@ def handcuffs(rng: np.random.Generator) -> list[Part]:
         parts.append(Part(Ring(cx, 0, r_out - 2, r_out - 9, gap_rad=_u(rng, 1.2, 2.2), gap_dir_rad=_u(rng, 0, 6.28)),
                           "steel", 4))  # fmt: skip
         parts.append(Part(Box(side * (sep - r_out - 4), 0, 6, 9, radius=2), "steel", 10))
-    span = 2 * (sep - r_out - 10)
+    link_n = max(2, math.ceil(chain / 9))
     for k in range(link_n):
-        cx = -span / 2 + span * (k + 0.5) / link_n
-        parts.append(Part(Ring(cx, _u(rng, -3, 3), 6, 3.5), "steel", 5, "round", 1.25))
+        cx = -chain / 2 + chain * (k + 0.5) / link_n
+        parts.append(Part(Ring(cx, _u(rng, -2, 2), 7, 3.0), "steel", 5, "round", 2.0))
     return parts
 
 
