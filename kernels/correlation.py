@@ -343,14 +343,15 @@ def correlation_triton_bwd(
 
 # CPU path: each output row is a band of a small matmul.  For tap (i, j) and a tile of T output columns of output
 # row h, A = a[:, y(h, i), x-tile] is [T, C] and Bw = b over the pH displaced rows × a Tw-column window is
-# [pH·Tw, C] with Tw = (T − 1)·sW + (pW − 1)·dpW + 1; M = A·Bwᵀ is [T, pH, Tw] and
-# out[ph, pw, h, t] = M[t, ph, t·sW + pw·dpW] (a strided band view).  The matmuls run batched over (sample, output
-# row, tile).  The backward scatters grad_out into the bands of dM, then dA = dM·Bw and dBw = dMᵀ·A, the latter
-# overlap-added back onto b's rows and columns.
+# [pH·Tw, C]; M = A·Bwᵀ is [T, pH, Tw] and out[ph, pw, h, t] = M[t, ph, t·sW + pw·dpW] (a strided band view).
+# With stride 1 and dilation_patch g > 1 the columns split into g phases (ow ≡ r mod g) that only ever meet b
+# columns of the same phase, so each phase is a dense (dilation_patch 1) problem on every g-th column: the band
+# is g× narrower.  The matmuls run batched over (sample, output row, tile).  The backward scatters grad_out into
+# the bands of dM, then dA = dM·Bw and dBw = dMᵀ·A, the latter overlap-added back onto b's rows and columns.
 
-def _cpu_tile(ow: int, span: int) -> int:
+def _cpu_tile(per_phase: int, span: int) -> int:
     """Output columns per tile: wide enough to amortise the matmul, narrow enough to waste little on the band."""
-    return max(1, min(ow, max(16, 2 * span)))
+    return max(1, min(per_phase, max(16, 2 * span)))
 
 
 class _CpuPlan:
@@ -360,82 +361,103 @@ class _CpuPlan:
         self.prm = prm
         self.n, self.c, self.h, self.w = shape
         self.oh, self.ow = prm.out_hw(self.h, self.w)
-        sw, dpw, pw_n = prm.stride[1], prm.dilation_patch[1], prm.patch_size[1]
-        self.span = (pw_n - 1) * dpw
-        self.tile = _cpu_tile(self.ow, self.span)
-        self.n_tiles = -(-self.ow // self.tile)
-        self.ow_pad = self.n_tiles * self.tile
-        self.win = (self.tile - 1) * sw + self.span + 1
-        # zero columns added on the right so that the last tile's window stays inside the padded row
-        a_cols = (self.ow_pad - 1) * sw + (prm.kernel_size[1] - 1) * prm.dilation[1] + 1
+        sw, dw, dpw, pw_n = prm.stride[1], prm.dilation[1], prm.dilation_patch[1], prm.patch_size[1]
+        self.phases = dpw if (sw == 1 and dpw > 1) else 1
+        g = self.phases
+        self.col_step = sw * g  # padded-column distance between neighbouring outputs of one phase
+        self.win_step = g  # padded-column distance between neighbouring window columns
+        self.band_l, self.band_p = (1, 1) if g > 1 else (sw, dpw)  # window index of (t, pw) = t·band_l + pw·band_p
+        self.per_phase = -(-self.ow // g)
+        span = (pw_n - 1) * self.band_p
+        self.tile = _cpu_tile(self.per_phase, span)
+        self.n_tiles = -(-self.per_phase // self.tile)
+        self.win = (self.tile - 1) * self.band_l + span + 1
+        # zero columns added on the right so that the last tile's columns and window stay inside the padded row
+        a_cols = (prm.kernel_size[1] - 1) * dw + (g - 1) * sw + (self.n_tiles * self.tile - 1) * self.col_step + 1
         self.extra_w = max(0, a_cols - (self.w + 2 * prm.padding[1]))
 
-    def a_tile(self, a_cl: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        """a_cl [N, Ha, Wa, C] → A [N, oH, n_tiles, T, C] (a strided view) for tap (i, j)."""
-        (sh, sw), (dh, dw) = self.prm.stride, self.prm.dilation
+    def _col0(self, j: int, r: int) -> int:
+        return j * self.prm.dilation[1] + r * self.prm.stride[1]
+
+    def a_tile(self, a_cl: torch.Tensor, i: int, j: int, r: int) -> torch.Tensor:
+        """a_cl [N, Ha, Wa, C] → A [N, oH, n_tiles, T, C] (a strided view) for tap (i, j), phase r."""
+        sh, dh = self.prm.stride[0], self.prm.dilation[0]
         s = a_cl.stride()
         return a_cl.as_strided(
             (self.n, self.oh, self.n_tiles, self.tile, self.c),
-            (s[0], sh * s[1], self.tile * sw * s[2], sw * s[2], s[3]),
-            a_cl.storage_offset() + i * dh * s[1] + j * dw * s[2])
+            (s[0], sh * s[1], self.tile * self.col_step * s[2], self.col_step * s[2], s[3]),
+            a_cl.storage_offset() + i * dh * s[1] + self._col0(j, r) * s[2])
 
-    def b_windows(self, b_cl: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        """b_cl [N, Hb, Wb, C] → Bw [N, oH, n_tiles, pH, Tw, C] (an overlapping view) for tap (i, j)."""
-        (sh, sw), (dh, dw), dph = self.prm.stride, self.prm.dilation, self.prm.dilation_patch[0]
+    def b_windows(self, b_cl: torch.Tensor, i: int, j: int, r: int) -> torch.Tensor:
+        """b_cl [N, Hb, Wb, C] → Bw [N, oH, n_tiles, pH, Tw, C] (an overlapping view) for tap (i, j), phase r."""
+        sh, dh, dph = self.prm.stride[0], self.prm.dilation[0], self.prm.dilation_patch[0]
         s = b_cl.stride()
         return b_cl.as_strided(
             (self.n, self.oh, self.n_tiles, self.prm.patch_size[0], self.win, self.c),
-            (s[0], sh * s[1], self.tile * sw * s[2], dph * s[1], s[2], s[3]),
-            b_cl.storage_offset() + i * dh * s[1] + j * dw * s[2])
+            (s[0], sh * s[1], self.tile * self.col_step * s[2], dph * s[1], self.win_step * s[2], s[3]),
+            b_cl.storage_offset() + i * dh * s[1] + self._col0(j, r) * s[2])
 
-    def add_b_windows(self, gb_cl: torch.Tensor, gb_win: torch.Tensor, i: int, j: int) -> None:
-        """Overlap-add gb_win [N, oH, n_tiles, pH, Tw, C] onto gb_cl [N, Hb, Wb, C] at the b_windows positions:
-        tiles q apart (q·T·sW ≥ Tw) never overlap, so each (ph, tile residue) group is one strided in-place add."""
-        (sh, sw), (dh, dw), dph = self.prm.stride, self.prm.dilation, self.prm.dilation_patch[0]
-        q = -(-self.win // (self.tile * sw))
+    def add_b_windows(self, gb_cl: torch.Tensor, gb_win: torch.Tensor, i: int, j: int, r: int) -> None:
+        """Overlap-add gb_win [N, oH, n_tiles, pH, Tw, C] onto gb_cl at the b_windows positions: tiles q apart
+        never overlap, so each (ph, tile residue) group is one strided in-place add."""
+        sh, dh, dph = self.prm.stride[0], self.prm.dilation[0], self.prm.dilation_patch[0]
+        tile_cols = self.tile * self.col_step
+        q = -(-((self.win - 1) * self.win_step + 1) // tile_cols)
         s = gb_cl.stride()
         for ph in range(self.prm.patch_size[0]):
-            for r in range(min(q, self.n_tiles)):
-                count = len(range(r, self.n_tiles, q))
+            for rr in range(min(q, self.n_tiles)):
                 target = gb_cl.as_strided(
-                    (self.n, self.oh, count, self.win, self.c),
-                    (s[0], sh * s[1], q * self.tile * sw * s[2], s[2], s[3]),
-                    gb_cl.storage_offset() + (i * dh + ph * dph) * s[1] + (j * dw + r * self.tile * sw) * s[2])
-                target.add_(gb_win[:, :, r::q, ph])
+                    (self.n, self.oh, len(range(rr, self.n_tiles, q)), self.win, self.c),
+                    (s[0], sh * s[1], q * tile_cols * s[2], self.win_step * s[2], s[3]),
+                    gb_cl.storage_offset() + (i * dh + ph * dph) * s[1] + (self._col0(j, r) + rr * tile_cols) * s[2])
+                target.add_(gb_win[:, :, rr::q, ph])
 
     def band(self, m: torch.Tensor) -> torch.Tensor:
-        """m [N, oH, n_tiles, T, pH·Tw] (contiguous) → view [N, pH, pW, oH, n_tiles, T]: m[.., t, ph, t·sW + pw·dpW]."""
-        sw, dpw = self.prm.stride[1], self.prm.dilation_patch[1]
+        """m [N, oH, n_tiles, T, pH·Tw] (contiguous) → view [N, pH, pW, oH, n_tiles, T] of m[.., t, ph, band(t, pw)]."""
         s = m.stride()
         return m.as_strided(
             (self.n, self.prm.patch_size[0], self.prm.patch_size[1], self.oh, self.n_tiles, self.tile),
-            (s[0], self.win, dpw, s[1], s[2], s[3] + sw),
+            (s[0], self.win, self.band_p, s[1], s[2], s[3] + self.band_l),
             m.storage_offset())
 
+    def out_shape(self) -> tuple[int, ...]:
+        """Padded output buffer [N, pH, pW, oH, n_tiles, T, phases]: column ow = (tile·T + t)·phases + r."""
+        return (self.n, *self.prm.patch_size, self.oh, self.n_tiles, self.tile, self.phases)
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 2, 3, 1).contiguous()
+    def padded_inputs(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Zero-padded channels-last copies (fp32, or fp64 for fp64 inputs) of a and b; also b's top/left pad."""
+        prm = self.prm
+        (pad_h, pad_w), (ch, cw), (ph_n, pw_n), (dph, dpw) = prm.padding, prm.centre, prm.patch_size, prm.dilation_patch
+        top, left = pad_h + ch * dph, pad_w + cw * dpw
+        bottom, right = pad_h + (ph_n - 1 - ch) * dph, pad_w + (pw_n - 1 - cw) * dpw
+        dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+        a_cl = _padded_channels_last(a, pad_h, pad_h, pad_w, pad_w + self.extra_w, dtype)
+        b_cl = _padded_channels_last(b, top, bottom, left, right + self.extra_w, dtype)
+        return a_cl, b_cl, top, left
 
 
-def _cpu_inputs(a: torch.Tensor, b: torch.Tensor, plan: _CpuPlan):
-    math_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-    a_pad, b_pad, top, left = _pad_inputs(a.to(math_dtype), b.to(math_dtype), plan.prm, plan.extra_w)
-    return _channels_last(a_pad), _channels_last(b_pad), top, left
+def _padded_channels_last(x: torch.Tensor, top: int, bottom: int, left: int, right: int, dtype: torch.dtype):
+    """x [N, C, H, W] → zero-padded [N, top + H + bottom, left + W + right, C] in ``dtype`` (one fill, one copy)."""
+    n, c, h, w = x.shape
+    buf = torch.zeros((n, top + h + bottom, left + w + right, c), dtype=dtype, device=x.device)
+    buf[:, top: top + h, left: left + w].copy_(x.permute(0, 2, 3, 1))
+    return buf
 
 
 def correlation_cpu_fwd(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> torch.Tensor:
     """CPU forward (any device, fp32 math): a, b [B, C, H, W] → [B, pH, pW, oH, oW] in the input dtype."""
     _validate(a, b, prm)
     plan = _CpuPlan(a.shape, prm)
-    a_cl, b_cl, _, _ = _cpu_inputs(a, b, plan)
-    (kh, kw), (ph_n, pw_n) = prm.kernel_size, prm.patch_size
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            bw = plan.b_windows(b_cl, i, j).reshape(plan.n, plan.oh, plan.n_tiles, ph_n * plan.win, plan.c)
-            m = torch.matmul(plan.a_tile(a_cl, i, j), bw.transpose(-1, -2))
-            out = plan.band(m).clone() if out is None else out.add_(plan.band(m))
-    out = out.reshape(plan.n, ph_n, pw_n, plan.oh, plan.ow_pad)[..., : plan.ow]
+    a_cl, b_cl, _, _ = plan.padded_inputs(a, b)
+    (kh, kw), ph_n = prm.kernel_size, prm.patch_size[0]
+    out = a_cl.new_zeros(plan.out_shape())
+    for r in range(plan.phases):
+        for i in range(kh):
+            for j in range(kw):
+                bw = plan.b_windows(b_cl, i, j, r).reshape(plan.n, plan.oh, plan.n_tiles, ph_n * plan.win, plan.c)
+                m = torch.matmul(plan.a_tile(a_cl, i, j, r), bw.transpose(-1, -2))
+                out[..., r] += plan.band(m)
+    out = out.view(*out.shape[:4], -1)[..., : plan.ow]
     return out.to(a.dtype).contiguous()
 
 
@@ -449,23 +471,25 @@ def correlation_cpu_bwd(
     expected = (plan.n, *prm.patch_size, plan.oh, plan.ow)
     if tuple(grad_out.shape) != expected:
         raise ValueError(f"correlation backward: grad_out has shape {tuple(grad_out.shape)}, expected {expected}")
-    a_cl, b_cl, top, left = _cpu_inputs(a, b, plan)
-    g = F.pad(grad_out.to(a_cl.dtype), (0, plan.ow_pad - plan.ow))
-    g_tiles = g.view(plan.n, *prm.patch_size, plan.oh, plan.n_tiles, plan.tile)
+    a_cl, b_cl, top, left = plan.padded_inputs(a, b)
+    shape = plan.out_shape()
+    g = F.pad(grad_out.to(a_cl.dtype), (0, shape[4] * shape[5] * shape[6] - plan.ow)).view(shape)
     ga_cl = torch.zeros_like(a_cl) if need_a else None
     gb_cl = torch.zeros_like(b_cl) if need_b else None
     (kh, kw), ph_n = prm.kernel_size, prm.patch_size[0]
-    dm = a_cl.new_zeros(plan.n, plan.oh, plan.n_tiles, plan.tile, ph_n * plan.win)
-    plan.band(dm).copy_(g_tiles)
-    for i in range(kh):
-        for j in range(kw):
-            a_tile = plan.a_tile(a_cl, i, j)
-            if need_a:
-                bw = plan.b_windows(b_cl, i, j).reshape(plan.n, plan.oh, plan.n_tiles, ph_n * plan.win, plan.c)
-                plan.a_tile(ga_cl, i, j).add_(torch.matmul(dm, bw))
-            if need_b:
-                gb_win = torch.matmul(dm.transpose(-1, -2), a_tile)  # [N, oH, n_tiles, pH·Tw, C]
-                plan.add_b_windows(gb_cl, gb_win.view(plan.n, plan.oh, plan.n_tiles, ph_n, plan.win, plan.c), i, j)
+    dm = a_cl.new_empty(plan.n, plan.oh, plan.n_tiles, plan.tile, ph_n * plan.win)
+    for r in range(plan.phases):
+        dm.zero_()
+        plan.band(dm).copy_(g[..., r])
+        for i in range(kh):
+            for j in range(kw):
+                if need_a:
+                    bw = plan.b_windows(b_cl, i, j, r).reshape(plan.n, plan.oh, plan.n_tiles, ph_n * plan.win, plan.c)
+                    plan.a_tile(ga_cl, i, j, r).add_(torch.matmul(dm, bw))
+                if need_b:
+                    gb_win = torch.matmul(dm.transpose(-1, -2), plan.a_tile(a_cl, i, j, r))  # [.., pH·Tw, C]
+                    gb_win = gb_win.view(plan.n, plan.oh, plan.n_tiles, ph_n, plan.win, plan.c)
+                    plan.add_b_windows(gb_cl, gb_win, i, j, r)
     (pad_h, pad_w), (h, w) = prm.padding, (plan.h, plan.w)
     grad_a = grad_b = None
     if need_a:

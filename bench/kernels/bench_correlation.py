@@ -65,19 +65,22 @@ def hbm_roofline(device_name: str) -> float | None:
     return None
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of fn in ms: triton.testing.do_bench on CUDA, a perf_counter loop on CPU."""
+def time_ms(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each function: triton.testing.do_bench on CUDA; on CPU a perf_counter loop that
+    interleaves the functions round by round, so that load from other processes hits all of them alike."""
     if device.type == "cuda":
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0])
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+        return {name: float(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0]) for name, fn in fns.items()}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _public_sampler() -> Callable | None:
@@ -135,10 +138,11 @@ def bench_config(cfg: Config, device: torch.device, repeats: int) -> dict:
     flops = 2 * n_out * cfg.channels
     roof = hbm_roofline(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
+    fwd_times = time_ms({name: fns[0] for name, fns in impls.items()}, device, repeats)
+    bwd_times = time_ms({name: fns[1] for name, fns in impls.items()}, device, repeats)
     rows = {}
-    for name, (fwd, bwd) in impls.items():
-        fwd_ms = time_ms(fwd, device, repeats)
-        bwd_ms = time_ms(bwd, device, repeats)
+    for name in impls:
+        fwd_ms, bwd_ms = fwd_times[name], bwd_times[name]
         row = {"fwd_ms": fwd_ms, "bwd_ms": bwd_ms, "bwd_over_fwd": bwd_ms / fwd_ms,
                "fwd_gflops": flops / fwd_ms / 1e6, "bwd_gflops": 2 * flops / bwd_ms / 1e6}
         if device.type == "cuda":
@@ -178,7 +182,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amodal bench kernels --op correlation", description=__doc__)
     parser.add_argument("--out", default="out/bench/kernels")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--repeats", type=int, default=5, help="CPU timing repeats (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="CPU timing rounds (median)")
     parser.add_argument("--config", nargs=7, action="append", metavar=("B", "C", "H", "W", "PATCH", "DP", "DTYPE"),
                         help="replace the default configs (repeatable)")
     args = parser.parse_args(argv)

@@ -40,9 +40,10 @@ def bench_case(fmt: str, src_hw: tuple[int, int], out_hw: tuple[int, int], batch
     in_bytes = sum(p.numel() * p.element_size() for p in planes)
     out_bytes = out.numel() * out.element_size()
     roof = hbm_roofline(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    times = time_ms({name: (lambda name=name: preprocess(planes, fmt, out_hw, dtype=torch.float16, backend=name))
+                     for name in ("reference", fast)}, device, repeats)
     rows = {}
-    for name in ("reference", fast):
-        ms = time_ms(lambda: preprocess(planes, fmt, out_hw, dtype=torch.float16, backend=name), device, repeats)
+    for name, ms in times.items():
         row = {"ms": ms, "frames_per_s": batch / ms * 1e3}
         if device.type == "cuda":
             row["gbps"] = (in_bytes + out_bytes) / ms / 1e6
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amodal bench kernels --op preprocess", description=__doc__)
     parser.add_argument("--out", default="out/bench/kernels")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--repeats", type=int, default=5, help="CPU timing repeats (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="CPU timing rounds (median)")
     parser.add_argument("--batch", type=int, default=None, help="frames per call (default 8 on CUDA, 1 on CPU)")
     parser.add_argument("--out-size", type=int, nargs=2, default=(640, 640), metavar=("H", "W"))
     args = parser.parse_args(argv)

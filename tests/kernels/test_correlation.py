@@ -95,8 +95,17 @@ def test_cpu_path_gradcheck_float64():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("shape,params", CASES + [((2, 4, 12, 37), dict(patch_size=16, dilation_patch=2))],
-                         ids=CASE_IDS + ["cmasktrack"])
+@pytest.mark.parametrize(
+    "shape,params",
+    CASES + [
+        ((2, 4, 12, 37), dict(patch_size=16, dilation_patch=2)),
+        # column phases (stride 1, dilation_patch 2) with taps and several tiles per phase
+        ((1, 3, 6, 37), dict(kernel_size=(1, 3), patch_size=3, padding=(0, 2), dilation=2, dilation_patch=(1, 2))),
+        # several tiles without phases (stride 2)
+        ((1, 2, 4, 70), dict(patch_size=3, stride=(1, 2), dilation_patch=3)),
+    ],
+    ids=CASE_IDS + ["cmasktrack", "phases-taps-tiles", "tiles-stride2"],
+)
 def test_cpu_path_matches_reference(shape, params, dtype):
     a, b = _inputs(shape, dtype)
     out_ref, ga_ref, gb_ref, grad_out = _forward_backward(a, b, params, "reference")
