@@ -83,7 +83,7 @@ class EngineConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> "EngineConfig":
         data = dict(data)
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {"source_defaults"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")

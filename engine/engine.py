@@ -184,11 +184,9 @@ class Engine:
                 if batch:
                     continue
                 with self._ready:
-                    idle = all(len(q) == 0 for q in self._queues.values())
                     nothing_attached = not self._queues
-                if self._stop.is_set() and (idle or nothing_attached):
-                    break
-                if self.config.exit_when_done and self._ever_attached and nothing_attached:
+                # stopping: sources end, their last frames and events are published, then they retire
+                if nothing_attached and (self._stop.is_set() or (self.config.exit_when_done and self._ever_attached)):
                     break
         finally:
             self._done.set()

@@ -16,7 +16,7 @@ from amodal.engine.engine import Engine
 from amodal.schema import FrameMessage, StatusMessage
 from amodal.types import StreamState
 
-from conftest import ArraySource
+from tests.support.array_source import ArraySource
 
 
 def _collect(sub: Subscriber, until, timeout_s: float = 20.0) -> list:
