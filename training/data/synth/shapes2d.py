@@ -209,9 +209,19 @@ class Wobbly:
     waves: tuple[tuple[float, float, float, float], ...]
 
     def field(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        f = np.zeros(np.shape(u))
+        """Σ amp · sin(freq · (u cos d + v sin d) + phase).  On a 2-D pixel grid u, v are affine in (row, col),
+        so each wave is evaluated separably: sin(r + c) = sin r cos c + cos r sin c (exact, O(H + W) sines)."""
+        u, v = np.asarray(u), np.asarray(v)
+        f = np.zeros(u.shape)
+        grid = u.ndim == 2 and min(u.shape) >= 2
         for amp, freq, direction, phase in self.waves:
-            f = f + amp * np.sin(freq * (u * np.cos(direction) + v * np.sin(direction)) + phase)
+            cd, sd = np.cos(direction), np.sin(direction)
+            if grid:
+                col = freq * (u[0, :] * cd + v[0, :] * sd) + phase  # argument along the first row
+                row = freq * ((u[:, 0] - u[0, 0]) * cd + (v[:, 0] - v[0, 0]) * sd)  # offset down the rows
+                f += amp * (np.outer(np.sin(row), np.cos(col)) + np.outer(np.cos(row), np.sin(col)))
+            else:
+                f += amp * np.sin(freq * (u * cd + v * sd) + phase)
         return f
 
     def sdf(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:

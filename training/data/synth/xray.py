@@ -29,7 +29,7 @@ from amodal.errors import ConfigError
 from amodal.training.data.coco import load_coco_instances, mask_to_polygons, mask_to_rle, segmentation_to_mask
 from amodal.training.data.occlusion_annotation import OcclusionRule, occluder_masks
 from amodal.training.data.synth.contact import PALETTE, outline, save_grid, tint, to_display_rgb
-from amodal.training.data.synth.shapes2d import Pose, rasterise
+from amodal.training.data.synth.shapes2d import Pose
 from amodal.training.data.synth.xray_items import (
     ITEM_BUILDERS,
     PIDRAY_CLASSES,
@@ -37,6 +37,7 @@ from amodal.training.data.synth.xray_items import (
     bag,
     cable,
     clothes,
+    component_rasters,
     electronics,
     misc,
     render_components,
@@ -119,11 +120,10 @@ def _inside_image(comp: Component, width: int, height: int, margin_px: float = 1
     return True
 
 
-def _silhouette(comp: Component, width: int, height: int) -> np.ndarray:
+def _silhouette(comp: Component, width: int, height: int, cache: dict | None = None) -> np.ndarray:
     """bool[H, W]: pixel centres inside any part of ``comp``."""
     mask = np.zeros((height, width), dtype=bool)
-    for part in comp.parts:
-        raster = rasterise(part.shape, comp.pose, height, width)
+    for raster in component_rasters(comp, height, width, cache):
         if raster is not None:
             mask[raster.window] |= raster.inside()
     return mask
@@ -139,8 +139,11 @@ def _item_extent_mm(comp_parts) -> float:
     return float(max(b[:, 2].max() - b[:, 0].min(), b[:, 3].max() - b[:, 1].min()))
 
 
-def sample_scene(rng: np.random.Generator, cfg: XrayConfig) -> list[Component]:
-    """A bag with clutter and prohibited items; components in image pixels via their poses."""
+def sample_scene(rng: np.random.Generator, cfg: XrayConfig, cache: dict | None = None) -> list[Component]:
+    """A bag with clutter and prohibited items; components in image pixels via their poses.
+
+    ``cache`` (optional) keeps the rasters computed for placement checks, for ``render_scene`` to reuse.
+    """
     w, h = cfg.width, cfg.height
     bag_len, bag_wid = rng.uniform(450, 650), rng.uniform(300, 420)
     portrait = h > w
@@ -166,7 +169,7 @@ def sample_scene(rng: np.random.Generator, cfg: XrayConfig) -> list[Component]:
             x, y = spot(0.7)
             pose = Pose(x, y, rng.uniform(0, 2 * math.pi), ppm * rng.uniform(0.9, 1.1), bool(rng.random() < 0.5))
             comp = Component("clutter", builder.__name__, 0, parts, pose)
-            if _fraction_outside(_silhouette(comp, w, h), inside) < 0.02:
+            if _fraction_outside(_silhouette(comp, w, h, cache), inside) < 0.02:
                 comps.append(comp)
                 break
 
@@ -187,7 +190,7 @@ def sample_scene(rng: np.random.Generator, cfg: XrayConfig) -> list[Component]:
             else:
                 x, y = spot(0.7 if attempt < 20 else 0.2)
             comp = Component("item", name, cid, parts, Pose(x, y, rng.uniform(0, 2 * math.pi), scale, bool(rng.random() < 0.5)))
-            if _inside_image(comp, w, h) and (attempt >= 15 or _fraction_outside(_silhouette(comp, w, h), inside) < 0.05):
+            if _inside_image(comp, w, h) and (attempt >= 15 or _fraction_outside(_silhouette(comp, w, h, cache), inside) < 0.05):
                 break
         else:
             continue
@@ -208,8 +211,11 @@ class RenderedScene:
         return transmission_to_uint16(self.t_high) if gray16 else pseudo_colour(self.t_low, self.t_high)
 
 
-def render_scene(components: list[Component], width: int, height: int, rng: np.random.Generator, detector: Detector):
-    a_low, a_high, masks = render_components(components, height, width)
+def render_scene(
+    components: list[Component], width: int, height: int, rng: np.random.Generator, detector: Detector,
+    cache: dict | None = None,
+) -> RenderedScene:
+    a_low, a_high, masks = render_components(components, height, width, cache)
     t_low, t_high = measure(a_low, a_high, detector, rng)
     return RenderedScene(t_low, t_high, components, masks)
 
@@ -267,7 +273,7 @@ def annotate_scene(scene: RenderedScene, image_id: int, first_ann_id: int, segm:
 
 def _write_image(path: Path, img: np.ndarray) -> None:
     """uint8 RGB → 8-bit PNG; uint16[H, W] → 16-bit grayscale PNG (PIL mode I;16)."""
-    Image.fromarray(np.ascontiguousarray(img)).save(path)
+    Image.fromarray(np.ascontiguousarray(img)).save(path, compress_level=3)
 
 
 def _write_marker(out_dir: Path, seed: int, n: int, cfg: XrayConfig) -> None:
@@ -304,7 +310,8 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
     start = time.perf_counter()
     for k in tqdm(range(n), desc=f"synth xray {cfg.split}", unit="img", file=sys.stderr):
         rng = np.random.default_rng([seed, k])
-        scene = render_scene(sample_scene(rng, cfg), cfg.width, cfg.height, rng, detector)
+        cache: dict = {}
+        scene = render_scene(sample_scene(rng, cfg, cache), cfg.width, cfg.height, rng, detector, cache)
         name = f"{cfg.split}_{k:06d}.png"
         _write_image(img_dir / name, scene.image(cfg.gray16))
         images.append({"id": k + 1, "file_name": name, "width": cfg.width, "height": cfg.height})

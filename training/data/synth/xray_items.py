@@ -88,7 +88,17 @@ def part_thickness_mm(part: Part, raster: Raster, scale_px_per_mm: float) -> np.
     return cov * part.thickness_mm * np.sqrt(x) * np.clip(1.0 + 0.4 * fold / max(amp, 1e-6), 0.3, 1.6)
 
 
-def render_components(components: list[Component], height: int, width: int):
+def component_rasters(comp: Component, height: int, width: int, cache: dict | None = None) -> list[Raster | None]:
+    """Rasters of ``comp``'s parts (None for parts off the image), memoised in ``cache`` when given."""
+    if cache is not None and comp in cache:
+        return cache[comp]
+    rasters = [rasterise(part.shape, comp.pose, height, width) for part in comp.parts]
+    if cache is not None:
+        cache[comp] = rasters
+    return rasters
+
+
+def render_components(components: list[Component], height: int, width: int, cache: dict | None = None):
     """Sum attenuations of all parts → (A_low float32[H, W], A_high float32[H, W], masks list[bool[H, W]]).
 
     ``masks[k]`` is component k's silhouette (pixel centres inside any of its parts).
@@ -98,8 +108,7 @@ def render_components(components: list[Component], height: int, width: int):
     masks = []
     for comp in components:
         mask = np.zeros((height, width), dtype=bool)
-        for part in comp.parts:
-            raster = rasterise(part.shape, comp.pose, height, width)
+        for part, raster in zip(comp.parts, component_rasters(comp, height, width, cache)):
             if raster is None:
                 continue
             t = part_thickness_mm(part, raster, comp.pose.scale).astype(np.float32)
