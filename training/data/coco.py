@@ -31,6 +31,7 @@ __all__ = [
     "mask_to_polygons",
     "mask_to_rle",
     "read_image",
+    "drop_degenerate_polygons",
     "segmentation_to_mask",
     "validate_segmentation",
 ]
@@ -64,6 +65,15 @@ def validate_segmentation(segm: Any, height: int, width: int, *, where: str, all
             raise ConfigError(f"{where}: polygon {k} must be a flat list of numbers [x0, y0, x1, y1, ...]")
         if len(poly) % 2 or len(poly) < 6:
             raise ConfigError(f"{where}: polygon {k} has {len(poly)} coordinates; needs an even count ≥ 6 (3 points)")
+
+
+def drop_degenerate_polygons(segm: Any) -> tuple[Any, int]:
+    """Remove polygons with an odd count or fewer than 6 coordinates (< 3 points), as detectron2 and Occ do
+    when reading real annotations; returns (cleaned segmentation, number dropped).  RLE passes through."""
+    if not isinstance(segm, list):
+        return segm, 0
+    kept = [p for p in segm if not isinstance(p, list) or (len(p) >= 6 and len(p) % 2 == 0)]
+    return kept, len(segm) - len(kept)
 
 
 def segmentation_to_mask(segm: Any, height: int, width: int, *, where: str = "segmentation") -> np.ndarray:
@@ -211,6 +221,8 @@ class CocoInstanceSet:
     categories: dict[int, str]
     records: tuple[CocoImageRecord, ...]
     has_occluders: bool  # True when annotations carry bg_object_segmentation
+    dropped_polygons: int = 0  # degenerate polygons (< 3 points) removed while reading
+    skipped_annotations: tuple[int, ...] = ()  # ids of annotations left with no polygon (not in records)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -237,6 +249,8 @@ def load_coco_instances(json_path: Path, image_root: Path | None = None, *, chec
 
     ``image_root`` defaults to :func:`default_image_root`; with ``check_files`` every image file must exist.
     Segmentation structure is validated here; pixels are decoded only by ``CocoInstance.mask()``.
+    Degenerate polygons (< 3 points, which real sets such as PIDray contain) are dropped and counted; an
+    annotation left without any polygon is skipped and its id listed in ``skipped_annotations``.
     """
     json_path = Path(json_path)
     if not json_path.is_file():
@@ -273,6 +287,7 @@ def load_coco_instances(json_path: Path, image_root: Path | None = None, *, chec
     per_image: dict[int, list[CocoInstance]] = {iid: [] for iid in images}
     seen_ann: set[int] = set()
     has_occluders = False
+    dropped, skipped = 0, []
     for k, ann in enumerate(_require(data, "annotations", list, str(json_path))):
         aid = _require(ann, "id", int, f"{json_path} annotation #{k}")
         iid = _require(ann, "image_id", int, f"{json_path} annotation {aid}")
@@ -292,11 +307,19 @@ def load_coco_instances(json_path: Path, image_root: Path | None = None, *, chec
         segm = ann.get("segmentation")
         if segm is None:
             raise ConfigError(f"{where}: missing field 'segmentation'")
+        segm, n_bad = drop_degenerate_polygons(segm)
+        if n_bad and segm == []:
+            dropped += n_bad
+            skipped.append(aid)
+            continue
         validate_segmentation(segm, h, w, where=f"{where} segmentation")
         occ = ann.get("bg_object_segmentation")
         if occ is not None:
             has_occluders = True
+            occ, n_bad_occ = drop_degenerate_polygons(occ)
+            n_bad += n_bad_occ
             validate_segmentation(occ, h, w, where=f"{where} bg_object_segmentation", allow_empty=True)
+        dropped += n_bad
         per_image[iid].append(
             CocoInstance(
                 annotation_id=aid,
@@ -325,5 +348,11 @@ def load_coco_instances(json_path: Path, image_root: Path | None = None, *, chec
         for iid in sorted(images)
     )
     return CocoInstanceSet(
-        json_path=json_path, image_root=root, categories=categories, records=records, has_occluders=has_occluders
+        json_path=json_path,
+        image_root=root,
+        categories=categories,
+        records=records,
+        has_occluders=has_occluders,
+        dropped_polygons=dropped,
+        skipped_annotations=tuple(skipped),
     )

@@ -11,7 +11,8 @@ the box region is ``mask[int(y1):int(y2), int(x1):int(x2)]``; crowd annotations 
 step 3's "touches its own mask" is Occ's second pass that empties polygons not overlapping the segmentation.
 Differences (deliberate): the polygons are traced exactly and only collinear points are dropped (Occ traces with
 skimage and keeps every 2nd…10th point of long contours); the ``area`` field is left as it was (Occ rewrites it as
-the box area); RLE segmentations are accepted as input.
+the box area); RLE segmentations are accepted as input.  As in Occ, polygons with fewer than 3 points are
+ignored (an instance left with none has an empty mask but still gets its own occluder computed).
 """
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from amodal.errors import ConfigError
-from amodal.training.data.coco import mask_to_polygons, segmentation_to_mask, validate_segmentation
+from amodal.training.data.coco import (
+    drop_degenerate_polygons,
+    mask_to_polygons,
+    segmentation_to_mask,
+    validate_segmentation,
+)
 
 __all__ = ["OcclusionRule", "annotate_coco", "annotate_file", "box_iou_inclusive", "occluder_masks"]
 
@@ -98,6 +104,8 @@ def annotate_coco(data: dict[str, Any], rule: OcclusionRule = OcclusionRule()) -
         sizes[int(img["id"])] = (int(img["height"]), int(img["width"]))
     by_image: dict[int, list[dict]] = {}
     new_anns: list[dict] = []
+    masks_segm: dict[int, Any] = {}  # cleaned segmentation per output annotation
+    dropped = 0
     for k, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not all(key in ann for key in ("id", "image_id", "bbox", "segmentation")):
             raise ConfigError(f"annotate-occlusion: annotation #{k} needs id, image_id, bbox and segmentation")
@@ -107,10 +115,12 @@ def annotate_coco(data: dict[str, Any], rule: OcclusionRule = OcclusionRule()) -
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise ConfigError(f"annotate-occlusion: annotation {ann['id']} bbox must be [x, y, w, h], got {bbox!r}")
         h, w = sizes[ann["image_id"]]
-        validate_segmentation(
-            ann["segmentation"], h, w, where=f"annotation {ann['id']} (image {ann['image_id']}) segmentation"
-        )
+        segm, n_bad = drop_degenerate_polygons(ann["segmentation"])
+        dropped += n_bad
+        validate_segmentation(segm, h, w, where=f"annotation {ann['id']} (image {ann['image_id']}) segmentation",
+                              allow_empty=True)  # fmt: skip
         copy = dict(ann)
+        masks_segm[id(copy)] = segm
         new_anns.append(copy)
         by_image.setdefault(ann["image_id"], []).append(copy)
 
@@ -118,7 +128,7 @@ def annotate_coco(data: dict[str, Any], rule: OcclusionRule = OcclusionRule()) -
     occluded_images: set[int] = set()
     for image_id, anns in by_image.items():
         h, w = sizes[image_id]
-        masks = [segmentation_to_mask(a["segmentation"], h, w, where=f"annotation {a['id']}") for a in anns]
+        masks = [segmentation_to_mask(masks_segm[id(a)], h, w, where=f"annotation {a['id']}") for a in anns]
         occluders = occluder_masks(masks, [a["bbox"] for a in anns], rule)
         for ann, occ in zip(anns, occluders):
             polygons = mask_to_polygons(occ) if occ is not None else []
@@ -133,6 +143,7 @@ def annotate_coco(data: dict[str, Any], rule: OcclusionRule = OcclusionRule()) -
         "annotations": len(new_anns),
         "annotations_with_occluder": n_occluded,
         "images_with_occluder": len(occluded_images),
+        "degenerate_polygons_ignored": dropped,
     }
     return out, stats
 

@@ -92,7 +92,8 @@ def test_loads_records_with_masks_and_occluders(tmp_path):
     "ann, message",
     [
         (_ann(category_id=99), r"annotation 1 \(image 1\): unknown category_id 99"),
-        (_ann(segmentation=[[1, 2, 3, 4, 5]]), r"annotation 1 .*polygon 0 has 5 coordinates"),
+        (_ann(segmentation=[[1, 2, 3, 4, "x", 6]]), r"annotation 1 .*polygon 0 must be a flat list of numbers"),
+        (_ann(segmentation="abc"), r"annotation 1 .*segmentation must be a list of polygons or an RLE dict"),
         (_ann(segmentation={"size": [5, 5], "counts": "abc"}), r"annotation 1 .*RLE size \[5, 5\]"),
         (_ann(bbox=[0, 0, -1, 2]), r"annotation 1 .*bbox"),
         (_ann(image_id=4), r"annotation 1 \(image 4\): refers to an image id"),
@@ -102,6 +103,15 @@ def test_loads_records_with_masks_and_occluders(tmp_path):
 def test_rejects_bad_annotations_naming_them(tmp_path, ann, message):
     with pytest.raises(ConfigError, match=message):
         load_coco_instances(_write_set(tmp_path, [ann]))
+
+
+def test_degenerate_polygons_are_dropped_as_real_sets_need(tmp_path):
+    good = [1, 1, 5, 1, 5, 4, 1, 4]
+    anns = [_ann(1, segmentation=[good, [2, 2, 3, 3]]), _ann(2, segmentation=[[1, 2, 3, 4, 5]]), _ann(3)]
+    data = load_coco_instances(_write_set(tmp_path, anns))
+    assert [i.annotation_id for i in data.records[0].instances] == [1, 3]
+    assert data.skipped_annotations == (2,) and data.dropped_polygons == 2
+    assert data.records[0].instances[0].mask().sum() == 12
 
 
 def test_rejects_missing_files_and_bad_json(tmp_path):

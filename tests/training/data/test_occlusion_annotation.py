@@ -124,9 +124,17 @@ def test_annotate_rejects_malformed_input(tmp_path):
     bad_image = [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "segmentation": square_poly(0, 0, 1, 1)}]
     with pytest.raises(ConfigError, match="unknown image 7"):
         annotate_coco(_coco(bad_image))
-    bad_poly = [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "segmentation": [[1, 2, 3]]}]
+    bad_poly = [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "segmentation": [[1, 2, "a", 4, 5, 6]]}]
     with pytest.raises(ConfigError, match="annotation 5"):
         annotate_coco(_coco(bad_poly))
+    # degenerate polygons (< 3 points) are ignored as Occ does: that instance has an empty mask
+    tiny = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "segmentation": [[1, 2, 3, 4]]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [12, 10, 20, 20], "segmentation": square_poly(12, 10, 20, 20)}]
+    out, stats = annotate_coco(_coco(tiny))
+    assert stats["degenerate_polygons_ignored"] == 1
+    assert [a["bg_object_segmentation"] for a in out["annotations"]] == [[], []]  # nothing to touch / be touched by
+    out, _ = annotate_coco(_coco(tiny), OcclusionRule(require_overlap_with_mask=False))
+    assert segmentation_to_mask(out["annotations"][0]["bg_object_segmentation"], H, W).sum() == 18 * 20
     path = tmp_path / "broken.json"
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
