@@ -126,8 +126,28 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
+def revolver(rng: np.random.Generator) -> list[Part]:
+    """Revolver: steel barrel, frame and cylinder with brass cartridges in the chambers, wooden/rubber grip."""
+    barrel, r_cyl = _u(rng, 60, 150), _u(rng, 17, 21)
+    grip_len, tilt = _u(rng, 80, 100), _u(rng, 0.3, 0.55)
+    grip = ((-r_cyl - 8, 8), (-r_cyl + 14, 10), (-r_cyl + 14 - grip_len * math.sin(tilt), 10 + grip_len * math.cos(tilt)),
+            (-r_cyl - 16 - grip_len * math.sin(tilt), 8 + grip_len * math.cos(tilt)))  # fmt: skip
+    parts = [
+        Part(Capsule(r_cyl, -6, r_cyl + barrel, -6, 8, 8), "steel", 16, "tube", 8, 3.5),
+        Part(Box(0, -2, r_cyl + 6, 15, radius=4), "steel", 10),
+        Part(Box(0, -2, r_cyl, r_cyl * 0.8, radius=4), "steel", 2 * r_cyl, "round", r_cyl * 0.8),
+        Part(Polygon(grip), str(rng.choice(["wood", "rubber"])), 30, "round", 12),
+        Part(Ring(r_cyl * 0.4, 22, 12, 8.5), "steel", 6),
+    ]
+    for k in (-1, 0, 1):  # chambers seen side-on: cartridges along the cylinder
+        parts.append(Part(Box(0, -2 + k * r_cyl * 0.55, r_cyl - 2, 4.5, radius=2), "brass", 9, "round", 4.5))
+    return parts
+
+
 def gun(rng: np.random.Generator) -> list[Part]:
-    """Pistol: steel slide + barrel, polymer frame and grip with a loaded steel magazine, trigger guard."""
+    """Pistol (85 %: steel slide + barrel, polymer/steel frame, grip with a loaded magazine) or revolver."""
+    if rng.random() < 0.15:
+        return revolver(rng)
     length, h = _u(rng, 150, 200), _u(rng, 26, 34)
     grip_len, grip_w, tilt = _u(rng, 90, 115), _u(rng, 28, 36), _u(rng, 0.2, 0.4)
     rear = -length / 2 + 4
@@ -233,9 +253,9 @@ def baton(rng: np.random.Generator) -> list[Part]:
 def pliers(rng: np.random.Generator) -> list[Part]:
     """Forged steel jaws and pivot, two steel handles with rubber sleeves."""
     jl, hl, spread = _u(rng, 35, 60), _u(rng, 100, 150), _u(rng, 0.08, 0.25)
-    parts = [Part(Ellipse(0, 0, 9, 9), "steel", 12, "round", 9)]
+    parts = [Part(Ellipse(0, 0, 11, 11), "steel", 14, "round", 11)]
     for side in (-1.0, 1.0):
-        jaw = ((0, side * 8), (jl, side * 1.2), (jl, side * 0.2), (0, -side * 2))
+        jaw = ((-5, side * 11), (jl, side * 3.5), (jl, -side * 0.5), (-5, -side * 3))
         end = (-hl, side * hl * math.tan(spread))
         parts += [
             Part(Polygon(jaw), "steel", 8),
