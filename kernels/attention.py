@@ -305,14 +305,31 @@ def _interpreting() -> bool:
 
 
 def _dot_options(dtype: torch.dtype) -> tuple[bool, str]:
-    """(upcast dots to fp32, fp32 input precision) for this dtype on this run."""
+    """(upcast dots to fp32, tl.dot input precision) for this dtype on this run. The precision only matters for fp32
+    operands: TF32 when ``torch.get_float32_matmul_precision()`` allows it, else IEEE (also under the interpreter and
+    for bf16 dots upcast there); fp16/bf16 operands always take tensor cores ("tf32" is Triton's default)."""
     upcast = dtype == torch.bfloat16 and _interpreting()
+    if dtype != torch.float32 and not upcast:
+        return False, "tf32"
     tf32_ok = dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" and not _interpreting()
     return upcast, ("tf32" if tf32_ok else "ieee")
 
 
-def _warps_stages(block_d: int) -> tuple[int, int]:
-    return (4, 3) if block_d <= 64 else (8, 2)
+def _launch_configs(len_q: int, len_k: int, head_dim: int) -> dict[str, dict[str, int]]:
+    """Fixed heuristic per kernel ("fwd", "pre", "dkdv", "dq"): block sizes (≥ 16, clipped to the sequence),
+    warps and pipeline depth by head dim. dK/dV: wide key blocks, narrow query steps; dQ the reverse."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    small_d = block_d <= 64
+    launch = {"num_warps": 4 if small_d else 8, "num_stages": 3 if small_d else 2}
+    return {
+        "fwd": {"BLOCK_M": _pow2_block(len_q, 16, 128), "BLOCK_N": _pow2_block(len_k, 16, 64), "BLOCK_D": block_d,
+                **launch},
+        "pre": {"BLOCK_M": _pow2_block(len_q, 16, 64), "BLOCK_D": block_d, "num_warps": 4, "num_stages": 1},
+        "dkdv": {"BLOCK_M": _pow2_block(len_q, 16, 32), "BLOCK_N": _pow2_block(len_k, 16, 128 if small_d else 64),
+                 "BLOCK_D": block_d, **launch},
+        "dq": {"BLOCK_M": _pow2_block(len_q, 16, 128 if small_d else 64), "BLOCK_N": _pow2_block(len_k, 16, 32),
+               "BLOCK_D": block_d, **launch},
+    }
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None) -> None:
@@ -386,20 +403,15 @@ def attention_fwd(
     lse = torch.empty(batch * heads, len_q, dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
-    block_m = _pow2_block(len_q, 16, 128)
-    block_n = _pow2_block(len_k, 16, 64)
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    warps, stages = _warps_stages(block_d)
+    cfg = _launch_configs(len_q, len_k, head_dim)["fwd"]
     upcast, precision = _dot_options(q.dtype)
     mask_t, stride_mb = _mask_arg(key_padding_mask, q)
-    grid = (triton.cdiv(len_q, block_m) * batch * heads,)
+    grid = (triton.cdiv(len_q, cfg["BLOCK_M"]) * batch * heads,)
     _attention_fwd_kernel[grid](
         q, k, v, o, lse, mask_t,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), stride_mb,
         heads, len_q, len_k, head_dim, scale * _LOG2_E,
-        HAS_MASK=key_padding_mask is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision,
-        num_warps=warps, num_stages=stages,
+        HAS_MASK=key_padding_mask is not None, UPCAST=upcast, PRECISION=precision, **cfg,
     )
     return o, lse
 
@@ -415,36 +427,29 @@ def attention_bwd(
     dq, dk, dv = _empty_bhld_like(q), _empty_bhld_like(k), _empty_bhld_like(v)
     if dq.numel() == 0 or dk.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    warps, stages = _warps_stages(block_d)
+    cfgs = _launch_configs(len_q, len_k, head_dim)
     upcast, precision = _dot_options(q.dtype)
     mask_t, stride_mb = _mask_arg(key_padding_mask, q)
     has_mask = key_padding_mask is not None
 
     delta = torch.empty_like(lse)
-    block_pre = _pow2_block(len_q, 16, 64)
-    _attention_bwd_preprocess_kernel[(triton.cdiv(len_q, block_pre) * batch * heads,)](
-        o, do, delta, *_strides3(o), *_strides3(do), heads, len_q, head_dim,
-        BLOCK_M=block_pre, BLOCK_D=block_d,
+    cfg = cfgs["pre"]
+    _attention_bwd_preprocess_kernel[(triton.cdiv(len_q, cfg["BLOCK_M"]) * batch * heads,)](
+        o, do, delta, *_strides3(o), *_strides3(do), heads, len_q, head_dim, **cfg,
     )
-    # dK/dV: wide key blocks, narrow query steps; dQ: wide query blocks, narrow key steps
-    kv_block_n = _pow2_block(len_k, 16, 128 if block_d <= 64 else 64)
-    kv_block_m = _pow2_block(len_q, 16, 32)
-    _attention_bwd_dkdv_kernel[(triton.cdiv(len_k, kv_block_n) * batch * heads,)](
+    cfg = cfgs["dkdv"]
+    _attention_bwd_dkdv_kernel[(triton.cdiv(len_k, cfg["BLOCK_N"]) * batch * heads,)](
         q, k, v, do, lse, delta, mask_t, dk, dv,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(dk), *_strides3(dv), stride_mb,
         heads, len_q, len_k, head_dim, scale, scale * _LOG2_E,
-        HAS_MASK=has_mask, BLOCK_M=kv_block_m, BLOCK_N=kv_block_n, BLOCK_D=block_d,
-        UPCAST=upcast, PRECISION=precision, num_warps=warps, num_stages=stages,
+        HAS_MASK=has_mask, UPCAST=upcast, PRECISION=precision, **cfg,
     )
-    q_block_m = _pow2_block(len_q, 16, 128 if block_d <= 64 else 64)
-    q_block_n = _pow2_block(len_k, 16, 32)
-    _attention_bwd_dq_kernel[(triton.cdiv(len_q, q_block_m) * batch * heads,)](
+    cfg = cfgs["dq"]
+    _attention_bwd_dq_kernel[(triton.cdiv(len_q, cfg["BLOCK_M"]) * batch * heads,)](
         q, k, v, do, lse, delta, mask_t, dq,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(dq), stride_mb,
         heads, len_q, len_k, head_dim, scale, scale * _LOG2_E,
-        HAS_MASK=has_mask, BLOCK_M=q_block_m, BLOCK_N=q_block_n, BLOCK_D=block_d,
-        UPCAST=upcast, PRECISION=precision, num_warps=warps, num_stages=stages,
+        HAS_MASK=has_mask, UPCAST=upcast, PRECISION=precision, **cfg,
     )
     return dq, dk, dv
 

@@ -23,6 +23,11 @@ Backward, with g_s = ∂L/∂updates_s::
 dk and dv of a block of inputs belong to one program; dq is reduced over programs through fp32 partial sums.
 The attention map ``a`` can be returned for visualisation; it carries no gradient (every backend detaches it).
 Slot and input blocks are padded to ≥ 16 (masked), so every ``tl.dot`` dimension is ≥ 16 even for S = 1.
+
+Triton path limits: fp32/fp16/bf16, 1 ≤ S ≤ 128, 1 ≤ D ≤ 512 (any value, padded to a power of two by masked loads),
+and the padded slot tile S·D·bytes ≤ 32 KiB (it lives in shared memory: e.g. up to 32 slots at D = 512 in bf16,
+16 in fp32); beyond that the launcher raises KernelUnsupportedError — use backend="cpu" (eager, any device).
+fp32 dots use TF32 only when ``torch.get_float32_matmul_precision()`` allows it.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from amodal.errors import KernelUnsupportedError
 
 MAX_SLOTS = 128
 MAX_DIM = 512
+MAX_SLOT_TILE_BYTES = 32 * 1024  # padded S × D × element size (shared memory): 32 slots × 512 bf16, 16 × 512 fp32
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BACKENDS = ("auto", "triton", "cpu", "reference")
 _LOG2_E = 1.4426950408889634
@@ -189,8 +195,12 @@ def _interpreting() -> bool:
 
 
 def _dot_options(dtype: torch.dtype) -> tuple[bool, str]:
-    """(upcast dots to fp32, fp32 input precision) for this dtype on this run."""
+    """(upcast dots to fp32, tl.dot input precision) for this dtype on this run. The precision only matters for fp32
+    operands: TF32 when ``torch.get_float32_matmul_precision()`` allows it, else IEEE (also under the interpreter and
+    for bf16 dots upcast there); fp16/bf16 operands always take tensor cores ("tf32" is Triton's default)."""
     upcast = dtype == torch.bfloat16 and _interpreting()
+    if dtype != torch.float32 and not upcast:
+        return False, "tf32"
     tf32_ok = dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" and not _interpreting()
     return upcast, ("tf32" if tf32_ok else "ieee")
 
@@ -220,6 +230,10 @@ def _check_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise KernelUnsupportedError(f"slot_attention[triton]: {num_slots} slots outside [1, {MAX_SLOTS}]")
     if not 1 <= dim <= MAX_DIM:
         raise KernelUnsupportedError(f"slot_attention[triton]: feature dim {dim} outside [1, {MAX_DIM}]")
+    if _slot_tile_bytes(num_slots, dim, q.dtype) > MAX_SLOT_TILE_BYTES:
+        raise KernelUnsupportedError(
+            f"slot_attention[triton]: {num_slots} slots × dim {dim} in {q.dtype} exceeds the "
+            f"{MAX_SLOT_TILE_BYTES // 1024} KiB slot tile (padded S·D·bytes = {_slot_tile_bytes(num_slots, dim, q.dtype)})")
     devices = {t.device for t in (q, k, v)}
     if len(devices) != 1:
         raise KernelUnsupportedError(f"slot_attention[triton]: tensors on different devices "
@@ -233,18 +247,28 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _config(batch: int, num_slots: int, num_inputs: int, dim: int) -> dict[str, int]:
-    """Block sizes and the input split (~TARGET_PROGRAMS programs in all); every block dimension ≥ 16."""
+def _slot_tile_bytes(num_slots: int, dim: int, dtype: torch.dtype) -> int:
+    """Bytes of one padded [S, D] tile, which a program keeps resident (shared-memory bound on the GPU)."""
+    elem = torch.finfo(dtype).bits // 8
+    return max(16, triton.next_power_of_2(num_slots)) * max(16, triton.next_power_of_2(dim)) * elem
+
+
+def _config(batch: int, num_slots: int, num_inputs: int, dim: int, dtype: torch.dtype) -> dict[str, int]:
+    """Block sizes, pipeline depth and the input split (~TARGET_PROGRAMS programs in all); every block dim ≥ 16.
+    Input tiles are kept to ~16 KiB and the pipeline shallower for wide rows so shared memory stays < 227 KiB."""
+    elem = torch.finfo(dtype).bits // 8
     block_s = max(16, triton.next_power_of_2(num_slots))
     block_d = max(16, triton.next_power_of_2(dim))
-    block_n = max(16, min(64, triton.next_power_of_2(num_inputs), 8192 // block_d))
+    block_n = max(16, min(64, triton.next_power_of_2(num_inputs), 16384 // (block_d * elem)))
     num_blocks = triton.cdiv(num_inputs, block_n)
     splits = max(1, min(num_blocks, triton.cdiv(TARGET_PROGRAMS, batch)))
     chunk_n = triton.cdiv(num_blocks, splits) * block_n
+    row_bytes = block_d * elem
     return {
         "BLOCK_S": block_s, "BLOCK_N": block_n, "BLOCK_D": block_d,
         "chunk_n": chunk_n, "num_splits": triton.cdiv(num_inputs, chunk_n),
         "num_warps": 4 if block_d * block_s <= 4096 else 8,
+        "num_stages": 3 if row_bytes < 1024 else (2 if row_bytes < 2048 else 1),
     }
 
 
@@ -266,7 +290,7 @@ def slot_attention_fwd(
         updates32 = torch.zeros(batch, num_slots, dim, dtype=torch.float32, device=device)
         den = torch.full((batch, num_slots), eps, dtype=torch.float32, device=device)
         return updates32.to(q.dtype), attn, updates32, den, lse
-    cfg = _config(batch, num_slots, num_inputs, dim)
+    cfg = _config(batch, num_slots, num_inputs, dim, q.dtype)
     splits = cfg["num_splits"]
     part_u = torch.empty(batch, splits, num_slots, dim, dtype=torch.float32, device=device)
     part_den = torch.empty(batch, splits, num_slots, dtype=torch.float32, device=device)
@@ -279,7 +303,7 @@ def slot_attention_fwd(
         num_slots, num_inputs, dim, cfg["chunk_n"], splits, scale * _LOG2_E,
         RETURN_ATTN=return_attn,
         BLOCK_S=cfg["BLOCK_S"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
-        UPCAST=upcast, PRECISION=precision, num_warps=cfg["num_warps"],
+        UPCAST=upcast, PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     den = part_den.sum(dim=1) + eps
     updates32 = part_u.sum(dim=1) / den[..., None]
@@ -298,7 +322,7 @@ def slot_attention_bwd(
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if batch == 0 or num_inputs == 0:
         return torch.zeros_like(q), dk.zero_(), dv.zero_()
-    cfg = _config(batch, num_slots, num_inputs, dim)
+    cfg = _config(batch, num_slots, num_inputs, dim, q.dtype)
     splits = cfg["num_splits"]
     part_dq = torch.empty(batch, splits, num_slots, dim, dtype=torch.float32, device=q.device)
     upcast, precision = _dot_options(q.dtype)
@@ -308,7 +332,7 @@ def slot_attention_bwd(
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
         num_slots, num_inputs, dim, cfg["chunk_n"], splits, scale, scale * _LOG2_E,
         BLOCK_S=cfg["BLOCK_S"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
-        UPCAST=upcast, PRECISION=precision, num_warps=cfg["num_warps"],
+        UPCAST=upcast, PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return part_dq.sum(dim=1).to(q.dtype), dk, dv
 

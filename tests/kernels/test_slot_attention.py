@@ -68,7 +68,7 @@ def test_triton_multi_block_chunks_match_reference(monkeypatch, dtype):
     """Few programs, so each one loops over several input blocks and partial sums are added over splits."""
     monkeypatch.setattr(slot_module, "TARGET_PROGRAMS", 4)
     shape = (2, 3, 333, 16)
-    cfg = slot_module._config(2, 3, 333, 16)
+    cfg = slot_module._config(2, 3, 333, 16, torch.float32)
     assert cfg["chunk_n"] > cfg["BLOCK_N"] and cfg["num_splits"] > 1
     _assert_matches(*_inputs(shape, dtype), "triton", dtype)
 
@@ -134,6 +134,9 @@ def test_triton_limits_raise_kernel_unsupported():
     with pytest.raises(KernelUnsupportedError, match="feature dim 520 outside"):
         x = torch.randn(1, 2, 520)
         slot_attention(x, x, x, backend="triton")
+    with pytest.raises(KernelUnsupportedError, match=r"64 slots × dim 512 in torch.bfloat16 exceeds the 32 KiB"):
+        x = torch.randn(1, 64, 512, dtype=torch.bfloat16)
+        slot_attention(x, x[:, :3], x[:, :3], backend="triton")
     with pytest.raises(KernelUnsupportedError, match="dtype torch.float64"):
         x = torch.randn(1, 2, 16, dtype=torch.float64)
         slot_attention(x, x, x, backend="triton")
@@ -218,3 +221,65 @@ def test_gpu_triton_matches_reference(shape, dtype):
     torch.testing.assert_close(attn.float(), exp_attn.detach(), atol=tol, rtol=tol)
     for name, got, exp in zip(("dq", "dk", "dv"), grads, exp_grads):
         torch.testing.assert_close(got.float(), exp, atol=3 * tol, rtol=3 * tol, msg=lambda m: f"{name}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------------- GPU compiler
+# The interpreter accepts things the GPU compiler rejects (tl.dot dims < 16, shared memory beyond the SM's limit).
+# Compile the kernels ahead of time for sm_90 (H100/H200) with the launchers' own configs; no GPU needed (the wheel's
+# ptxas), run in a subprocess because TRITON_INTERPRET is fixed at import.
+AOT_SCRIPT = r"""
+import json, sys, importlib, triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+FP32_PTRS = {"lse_ptr", "delta_ptr", "part_u_ptr", "part_den_ptr", "part_dq_ptr", "out_ptr", "den_ptr"}
+for job in json.loads(sys.argv[1]):
+    fn = getattr(importlib.import_module(job["module"]), job["kernel"])
+    consts = job["constexprs"]
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts: sig[name] = "constexpr"
+        elif name == "mask_ptr": sig[name] = "*u8"
+        elif name in FP32_PTRS: sig[name] = "*fp32"
+        elif name.endswith("_ptr"): sig[name] = "*" + job["dtype"]
+        elif name.startswith("scale"): sig[name] = "fp32"
+        else: sig[name] = "i32"
+    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
+    print(json.dumps({"kernel": job["kernel"], "dtype": job["dtype"], "shared": compiled.metadata.shared}), flush=True)
+"""
+SM90_MAX_SHARED_BYTES = 232448  # 227 KiB per block on H100/H200
+
+
+def _aot_compile(jobs: list[dict], cache_dir) -> list[dict]:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("triton's bundled ptxas is missing")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(cache_dir)
+    proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT, json.dumps(jobs)], env=env, capture_output=True,
+                          text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_kernels_compile_for_sm90_within_shared_memory(tmp_path):
+    jobs = []
+    # EoRaS's case (8 slots × 512, bf16) and the largest fp32 slot tile the launcher accepts (64 × 128)
+    for dtype, torch_dtype, slots, dim in (("bf16", torch.bfloat16, 8, 512), ("fp32", torch.float32, 64, 128)):
+        cfg = slot_module._config(32, slots, 4096, dim, torch_dtype)
+        launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+        blocks = {key: cfg[key] for key in ("BLOCK_S", "BLOCK_N", "BLOCK_D")}
+        for kernel, extra in (("_slot_attention_fwd_kernel", {"RETURN_ATTN": True}), ("_slot_attention_bwd_kernel", {})):
+            jobs.append({"module": "amodal.kernels.slot_attention", "kernel": kernel, "dtype": dtype,
+                         "constexprs": {**blocks, **extra, "UPCAST": False, "PRECISION": "tf32"}, **launch})
+    results = _aot_compile(jobs, tmp_path)
+    assert len(results) == len(jobs)
+    for result in results:
+        assert 0 < result["shared"] <= SM90_MAX_SHARED_BYTES, result
