@@ -255,11 +255,12 @@ def _slot_tile_bytes(num_slots: int, dim: int, dtype: torch.dtype) -> int:
 
 def _config(batch: int, num_slots: int, num_inputs: int, dim: int, dtype: torch.dtype) -> dict[str, int]:
     """Block sizes, pipeline depth and the input split (~TARGET_PROGRAMS programs in all); every block dim ≥ 16.
-    Input tiles are kept to ~16 KiB and the pipeline shallower for wide rows so shared memory stays < 227 KiB."""
+    Input tiles are kept to ~16 KiB, slot × input tiles to 4096 elements, and the pipeline shallower for wide rows,
+    so shared memory stays < 227 KiB."""
     elem = torch.finfo(dtype).bits // 8
     block_s = max(16, triton.next_power_of_2(num_slots))
     block_d = max(16, triton.next_power_of_2(dim))
-    block_n = max(16, min(64, triton.next_power_of_2(num_inputs), 16384 // (block_d * elem)))
+    block_n = max(16, min(64, triton.next_power_of_2(num_inputs), 16384 // (block_d * elem), 4096 // block_s))
     num_blocks = triton.cdiv(num_inputs, block_n)
     splits = max(1, min(num_blocks, triton.cdiv(TARGET_PROGRAMS, batch)))
     chunk_n = triton.cdiv(num_blocks, splits) * block_n
