@@ -113,7 +113,7 @@ def correlation_reference(
     (kh, kw), (ph_n, pw_n), (sh, sw), (dh, dw), (dph, dpw) = (
         prm.kernel_size, prm.patch_size, prm.stride, prm.dilation, prm.dilation_patch)
     oh, ow = prm.out_hw(a.shape[2], a.shape[3])
-    a_pad, b_pad, _, _ = _pad_inputs(a32, b32, prm)
+    a_pad, b_pad = _pad_inputs(a32, b32, prm)
     rows = []
     for ph in range(ph_n):
         cols = []
@@ -131,16 +131,14 @@ def correlation_reference(
     return torch.stack(rows, dim=1).to(dtype)
 
 
-def _pad_inputs(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams, extra_w: int = 0):
+def _pad_inputs(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad a by ``padding`` and b by ``padding`` plus the displacement range, so that every tap and
-    displacement indexes in bounds: a_pad row ``i·dH + h·sH`` ↔ b_pad row ``i·dH + h·sH + ph·dpH``.
-    ``extra_w`` more zero columns go on the right of both (tile rounding).  Returns (a_pad, b_pad, top, left)."""
+    displacement indexes in bounds: a_pad row ``i·dH + h·sH`` ↔ b_pad row ``i·dH + h·sH + ph·dpH``."""
     (pad_h, pad_w), (ch, cw), (pn_h, pn_w), (dph, dpw) = prm.padding, prm.centre, prm.patch_size, prm.dilation_patch
-    a_pad = F.pad(a, (pad_w, pad_w + extra_w, pad_h, pad_h))
+    a_pad = F.pad(a, (pad_w, pad_w, pad_h, pad_h))
     top, left = pad_h + ch * dph, pad_w + cw * dpw
     bottom, right = pad_h + (pn_h - 1 - ch) * dph, pad_w + (pn_w - 1 - cw) * dpw
-    b_pad = F.pad(b, (left, right + extra_w, top, bottom))
-    return a_pad, b_pad, top, left
+    return a_pad, F.pad(b, (left, right, top, bottom))
 
 
 def _validate(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> None:
@@ -279,6 +277,7 @@ def _correlation_bwd_kernel(
 
 _FWD_BLOCK_PIX, _FWD_BLOCK_P = 64, 16
 _BWD_BLOCK_PIX, _BWD_BLOCK_C = 64, 32
+_GRID_Y_MAX = 65535
 
 
 def _kernel_args(a: torch.Tensor, prm: CorrelationParams) -> tuple[int, ...]:
@@ -299,6 +298,11 @@ def _check_triton(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> N
         raise KernelUnsupportedError(
             f"correlation (triton): one sample is too large for 32-bit offsets (C·H·W = {c * h * w}, "
             f"P·oH·oW = {p * oh * ow})")
+    rows = max(n * triton.cdiv(p, _FWD_BLOCK_P), n * triton.cdiv(c, _BWD_BLOCK_C))
+    if rows > _GRID_Y_MAX:
+        raise KernelUnsupportedError(
+            f"correlation (triton): batch {n} with {p} displacements and {c} channels needs {rows} program rows, "
+            f"more than the {_GRID_Y_MAX} a launch grid allows; split the batch")
 
 
 def correlation_triton_fwd(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> torch.Tensor:

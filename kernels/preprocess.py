@@ -392,6 +392,21 @@ def _source_index(out_len: int, in_len: int) -> tuple[torch.Tensor, torch.Tensor
     return i0, i1, frac
 
 
+def _yuv_to_rgb01_planar(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """uint8 Y, U, V [B, h, w] → RGB float32 [B, 3, h, w] in 0..1: the same fp32 operations as ``_yuv_to_rgb01``
+    (no fused multiply-adds, so the rounding to 8 bits is identical), done in place in one output buffer."""
+    out = torch.empty((y.shape[0], 3, *y.shape[1:]), dtype=torch.float32, device=y.device)
+    r, g, b = out[:, 0], out[:, 1], out[:, 2]
+    yy = y.float().sub_(_Y_OFFSET).mul_(_Y_SCALE)
+    uu = u.float().sub_(_UV_OFFSET)
+    vv = v.float().sub_(_UV_OFFSET)
+    torch.mul(vv, _R_V, out=r).add_(yy)
+    torch.mul(uu, _B_U, out=b).add_(yy)
+    torch.mul(uu, _G_U, out=g).add_(yy)
+    g.add_(vv.mul_(_G_V))
+    return out.add_(0.5).clamp_(0.0, 255.0).floor_().div_(255.0)
+
+
 def _gather_rgb01(frames: _Frames, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """RGB float32 [B, 3, len(rows), len(cols)] in 0..1 of the source pixels on the rows × cols grid."""
     p = frames.planes
@@ -403,7 +418,7 @@ def _gather_rgb01(frames: _Frames, rows: torch.Tensor, cols: torch.Tensor) -> to
         else:
             uv = pick(p[1], cr, cc)
             u, v = uv[..., 0], uv[..., 1]
-        rgb = _yuv_to_rgb01(pick(p[0], rows, cols), u, v)
+        return _yuv_to_rgb01_planar(pick(p[0], rows, cols), u, v)
     elif frames.pixel_format == "rgb24":
         rgb = pick(p[0], rows, cols).float() / 255.0
     elif frames.pixel_format == "gray8":

@@ -1,7 +1,7 @@
 """Correlation forward/backward: shift-multiply-sum reference vs CPU path (CPU) or Triton kernel (CUDA), same run.
 
 ``amodal bench kernels --op correlation [--out DIR] [--device auto|cpu|cuda] [--repeats N]
-[--config B C H W PATCH DILATION_PATCH DTYPE]`` writes ``correlation.json`` and ``correlation.png``.
+[--threads N] [--config B C H W PATCH DILATION_PATCH DTYPE]`` writes ``correlation.json`` and ``correlation.png``.
 On CUDA it also times the public ``spatial_correlation_sampler`` when that package happens to be importable.
 """
 from __future__ import annotations
@@ -65,22 +65,26 @@ def hbm_roofline(device_name: str) -> float | None:
     return None
 
 
-def time_ms(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each function: triton.testing.do_bench on CUDA; on CPU a perf_counter loop that
-    interleaves the functions round by round, so that load from other processes hits all of them alike."""
+def time_ms(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, dict[str, float]]:
+    """Median time of each function: ``ms`` (wall) from triton.testing.do_bench on CUDA; on CPU a perf_counter loop
+    that interleaves the functions round by round (so load from other processes hits all alike), plus
+    ``process_ms``, the median CPU time of this process (robust to waiting for a busy core)."""
     if device.type == "cuda":
         import triton.testing
 
-        return {name: float(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0]) for name, fn in fns.items()}
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+        return {name: {"ms": float(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0])}
+                for name, fn in fns.items()}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    return {name: {"ms": statistics.median(wall[name]), "process_ms": statistics.median(cpu[name])} for name in fns}
 
 
 def _public_sampler() -> Callable | None:
@@ -142,9 +146,12 @@ def bench_config(cfg: Config, device: torch.device, repeats: int) -> dict:
     bwd_times = time_ms({name: fns[1] for name, fns in impls.items()}, device, repeats)
     rows = {}
     for name in impls:
-        fwd_ms, bwd_ms = fwd_times[name], bwd_times[name]
+        fwd_ms, bwd_ms = fwd_times[name]["ms"], bwd_times[name]["ms"]
         row = {"fwd_ms": fwd_ms, "bwd_ms": bwd_ms, "bwd_over_fwd": bwd_ms / fwd_ms,
                "fwd_gflops": flops / fwd_ms / 1e6, "bwd_gflops": 2 * flops / bwd_ms / 1e6}
+        if "process_ms" in fwd_times[name]:
+            row["fwd_process_ms"] = fwd_times[name]["process_ms"]
+            row["bwd_process_ms"] = bwd_times[name]["process_ms"]
         if device.type == "cuda":
             row["fwd_gbps"] = fwd_bytes / fwd_ms / 1e6
             row["bwd_gbps"] = bwd_bytes / bwd_ms / 1e6
@@ -156,6 +163,9 @@ def bench_config(cfg: Config, device: torch.device, repeats: int) -> dict:
         if name != "reference":
             row["fwd_speedup_vs_reference"] = rows["reference"]["fwd_ms"] / row["fwd_ms"]
             row["bwd_speedup_vs_reference"] = rows["reference"]["bwd_ms"] / row["bwd_ms"]
+            if "fwd_process_ms" in row:
+                row["fwd_process_speedup_vs_reference"] = rows["reference"]["fwd_process_ms"] / row["fwd_process_ms"]
+                row["bwd_process_speedup_vs_reference"] = rows["reference"]["bwd_process_ms"] / row["bwd_process_ms"]
     return {"config": asdict(cfg), "fast_path": fast, "max_abs_err_vs_reference": max_abs_err,
             "fwd_bytes": fwd_bytes, "bwd_bytes": bwd_bytes, "flops_fwd": flops, "results": rows}
 
@@ -185,7 +195,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="CPU timing rounds (median)")
     parser.add_argument("--config", nargs=7, action="append", metavar=("B", "C", "H", "W", "PATCH", "DP", "DTYPE"),
                         help="replace the default configs (repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave as is)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     if args.config:
@@ -198,8 +211,9 @@ def main(argv: list[str]) -> int:
         rec = bench_config(cfg, device, args.repeats)
         records.append(rec)
         for impl, row in rec["results"].items():
-            extra = "".join(f" {k}={row[k]:.2f}" for k in ("fwd_speedup_vs_reference", "bwd_speedup_vs_reference",
-                                                          "fwd_gbps", "fwd_fraction_of_hbm_roofline") if k in row)
+            keys = ("fwd_speedup_vs_reference", "bwd_speedup_vs_reference", "fwd_process_speedup_vs_reference",
+                    "bwd_process_speedup_vs_reference", "fwd_gbps", "fwd_fraction_of_hbm_roofline")
+            extra = "".join(f" {k}={row[k]:.2f}" for k in keys if k in row)
             print(f"{cfg.name:>18} {impl:>28}: fwd {row['fwd_ms']:9.3f} ms  bwd {row['bwd_ms']:9.3f} ms"
                   f"  bwd/fwd {row['bwd_over_fwd']:.2f}{extra}")
     path = write_results(args.out, "correlation", {"device_type": device.type, "records": records})
