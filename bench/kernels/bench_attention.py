@@ -203,6 +203,8 @@ def main(argv: list[str]) -> int:
         ours, baselines = "ours_cpu_path", ("eager_reference",)
     rows = _measure(device, shapes, args.reps)
     ratios = _ratios(rows, ours, baselines)
+    if device == "cuda":
+        ratios += _ratios(rows, ours, ("eager_reference",))
     for r in ratios:
         print(f"{r['shape']:>26} {r['pass']:>7}: {r['best_baseline']} / ours = {r['baseline_ms_over_ours_ms']:.2f}x")
     name = f"attention_{device}"
