@@ -154,7 +154,7 @@ def _measure(device: str, shapes: list[tuple[str, int, int, int, int, int]], rep
 def _ratios(rows: list[dict[str, Any]], ours: str, baselines: tuple[str, ...]) -> list[dict[str, Any]]:
     """Per (shape, pass): best baseline time / our time (> 1 = ours faster)."""
     out = []
-    keys = sorted({(r["shape"], r["pass"]) for r in rows}, key=lambda t: (t[1], t[0]))
+    keys = list(dict.fromkeys((r["shape"], r["pass"]) for r in rows))  # measurement order
     for shape, pass_ in keys:
         group = {r["method"]: r["ms_p50"] for r in rows if r["shape"] == shape and r["pass"] == pass_}
         base = {m: group.get(m) for m in baselines if group.get(m) is not None}
