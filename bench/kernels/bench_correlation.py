@@ -166,7 +166,7 @@ def bench_config(cfg: Config, device: torch.device, repeats: int) -> dict:
             if "fwd_process_ms" in row:
                 row["fwd_process_speedup_vs_reference"] = rows["reference"]["fwd_process_ms"] / row["fwd_process_ms"]
                 row["bwd_process_speedup_vs_reference"] = rows["reference"]["bwd_process_ms"] / row["bwd_process_ms"]
-    return {"config": asdict(cfg), "fast_path": fast, "max_abs_err_vs_reference": max_abs_err,
+    return {"device": device.type, "config": asdict(cfg), "fast_path": fast, "max_abs_err_vs_reference": max_abs_err,
             "fwd_bytes": fwd_bytes, "bwd_bytes": bwd_bytes, "flops_fwd": flops, "results": rows}
 
 
@@ -180,12 +180,21 @@ def _plot(records: list[dict], out_dir: str, device_name: str):
             ys = [rec["results"][impl][key] for rec in records if impl in rec["results"]]
             ax.bar(xs, ys, width=width, label=impl)
         ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(records))])
-        ax.set_xticklabels([rec["config"]["name"] for rec in records], rotation=15)
+        ax.set_xticklabels([f"{rec['device']}:{rec['config']['name']}" for rec in records], rotation=15, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("ms (log)")
         ax.set_title(f"correlation {key[:3]} — {device_name}", fontsize=9)
         ax.legend(fontsize=8)
     return save_figure(fig, out_dir, "correlation")
+
+
+def bench_devices(choice: str) -> list[torch.device]:
+    """"auto": the CPU configs on CPU, plus the GPU configs on CUDA when a GPU is present."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if choice == "auto":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [torch.device(choice)]
 
 
 def main(argv: list[str]) -> int:
@@ -199,24 +208,24 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
-    if args.config:
-        configs = [Config(f"custom{i}", *map(int, c[:6]), c[6]) for i, c in enumerate(args.config)]
-    else:
-        configs = list(GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS)
+    devices = bench_devices(args.device)
     env = environment()
     records = []
-    for cfg in configs:
-        rec = bench_config(cfg, device, args.repeats)
-        records.append(rec)
-        for impl, row in rec["results"].items():
-            keys = ("fwd_speedup_vs_reference", "bwd_speedup_vs_reference", "fwd_process_speedup_vs_reference",
-                    "bwd_process_speedup_vs_reference", "fwd_gbps", "fwd_fraction_of_hbm_roofline")
-            extra = "".join(f" {k}={row[k]:.2f}" for k in keys if k in row)
-            print(f"{cfg.name:>18} {impl:>28}: fwd {row['fwd_ms']:9.3f} ms  bwd {row['bwd_ms']:9.3f} ms"
-                  f"  bwd/fwd {row['bwd_over_fwd']:.2f}{extra}")
-    path = write_results(args.out, "correlation", {"device_type": device.type, "records": records})
+    for device in devices:
+        if args.config:
+            configs = [Config(f"custom{i}", *map(int, c[:6]), c[6]) for i, c in enumerate(args.config)]
+        else:
+            configs = list(GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS)
+        for cfg in configs:
+            rec = bench_config(cfg, device, args.repeats)
+            records.append(rec)
+            for impl, row in rec["results"].items():
+                keys = ("fwd_speedup_vs_reference", "bwd_speedup_vs_reference", "fwd_process_speedup_vs_reference",
+                        "bwd_process_speedup_vs_reference", "fwd_gbps", "fwd_fraction_of_hbm_roofline")
+                extra = "".join(f" {k}={row[k]:.2f}" for k in keys if k in row)
+                print(f"{device.type}:{cfg.name:>16} {impl:>28}: fwd {row['fwd_ms']:9.3f} ms  bwd {row['bwd_ms']:9.3f}"
+                      f" ms  bwd/fwd {row['bwd_over_fwd']:.2f}{extra}")
+    path = write_results(args.out, "correlation", {"devices": [d.type for d in devices], "records": records})
     png = _plot(records, args.out, env["device"])
     print(f"wrote {path} and {png}")
     return 0

@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from amodal.bench.common import environment, new_figure, save_figure, write_results
-from amodal.bench.kernels.bench_correlation import hbm_roofline, time_ms
+from amodal.bench.kernels.bench_correlation import bench_devices, hbm_roofline, time_ms
 from amodal.kernels.preprocess import preprocess
 
 SOURCES = ((720, 1280), (1080, 1920))
@@ -56,24 +56,24 @@ def bench_case(fmt: str, src_hw: tuple[int, int], out_hw: tuple[int, int], batch
     rows[fast]["speedup_vs_reference"] = rows["reference"]["ms"] / rows[fast]["ms"]
     if "process_ms" in rows[fast]:
         rows[fast]["process_speedup_vs_reference"] = rows["reference"]["process_ms"] / rows[fast]["process_ms"]
-    return {"pixel_format": fmt, "src_hw": list(src_hw), "out_hw": list(out_hw), "batch": batch,
+    return {"device": device.type, "pixel_format": fmt, "src_hw": list(src_hw), "out_hw": list(out_hw), "batch": batch,
             "dtype": "fp16", "fast_path": fast, "max_abs_err_vs_reference": max_abs_err,
             "bytes_moved": in_bytes + out_bytes, "results": rows}
 
 
 def _plot(records: list[dict], out_dir: str, device_name: str):
-    fig, axes = new_figure(ncols=1, width_in=7.0, height_in=4.0)
+    fig, axes = new_figure(ncols=1, width_in=8.0, height_in=4.0)
     ax = axes[0][0]
-    labels = [f"{r['src_hw'][0]}p {r['pixel_format']}" for r in records]
-    for k, name in enumerate(("reference", records[0]["fast_path"])):
-        ax.bar([i + 0.4 * k for i in range(len(records))], [r["results"][name]["ms"] for r in records], width=0.4,
-               label=name)
+    labels = [f"{r['device']} {r['src_hw'][0]}p {r['pixel_format']} x{r['batch']}" for r in records]
+    ax.bar([i for i in range(len(records))], [r["results"]["reference"]["ms"] for r in records], width=0.4,
+           label="reference (torch chain)")
+    ax.bar([i + 0.4 for i in range(len(records))], [r["results"][r["fast_path"]]["ms"] for r in records], width=0.4,
+           label="fast path (cpu / triton)")
     ax.set_xticks([i + 0.2 for i in range(len(records))])
-    ax.set_xticklabels(labels)
+    ax.set_xticklabels(labels, rotation=15, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("ms per batch (log)")
-    ax.set_title(f"preprocess → {records[0]['out_hw'][0]}x{records[0]['out_hw'][1]} fp16, batch "
-                 f"{records[0]['batch']} — {device_name}", fontsize=9)
+    ax.set_title(f"preprocess → {records[0]['out_hw'][0]}x{records[0]['out_hw'][1]} fp16 — {device_name}", fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, out_dir, "preprocess")
 
@@ -89,25 +89,27 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
-    batch = args.batch if args.batch is not None else (8 if device.type == "cuda" else 1)
-    if batch < 1 or min(args.out_size) < 1:
-        parser.error(f"--batch and --out-size must be >= 1, got {batch} and {args.out_size}")
+    devices = bench_devices(args.device)
+    if (args.batch is not None and args.batch < 1) or min(args.out_size) < 1:
+        parser.error(f"--batch and --out-size must be >= 1, got {args.batch} and {args.out_size}")
     env = environment()
     records = []
-    for src_hw in SOURCES:
-        for fmt in FORMATS:
-            rec = bench_case(fmt, src_hw, tuple(args.out_size), batch, device, args.repeats)
-            records.append(rec)
-            ref, fast = rec["results"]["reference"], rec["results"][rec["fast_path"]]
-            extra = f"  {fast['gbps']:.0f} GB/s" if "gbps" in fast else ""
-            if "process_speedup_vs_reference" in fast:
-                extra += f"  process-time x{fast['process_speedup_vs_reference']:.2f}"
-            extra += f" ({fast['fraction_of_hbm_roofline']:.0%} of HBM)" if "fraction_of_hbm_roofline" in fast else ""
-            print(f"{src_hw[0]}p {fmt:>8}: reference {ref['ms']:8.2f} ms  {rec['fast_path']} {fast['ms']:8.2f} ms"
-                  f"  x{fast['speedup_vs_reference']:.2f}{extra}  max|err| {rec['max_abs_err_vs_reference']:.3g}")
-    path = write_results(args.out, "preprocess", {"device_type": device.type, "records": records})
+    for device in devices:
+        batch = args.batch if args.batch is not None else (8 if device.type == "cuda" else 1)
+        for src_hw in SOURCES:
+            for fmt in FORMATS:
+                rec = bench_case(fmt, src_hw, tuple(args.out_size), batch, device, args.repeats)
+                records.append(rec)
+                ref, fast = rec["results"]["reference"], rec["results"][rec["fast_path"]]
+                extra = f"  {fast['gbps']:.0f} GB/s" if "gbps" in fast else ""
+                if "process_speedup_vs_reference" in fast:
+                    extra += f"  process-time x{fast['process_speedup_vs_reference']:.2f}"
+                if "fraction_of_hbm_roofline" in fast:
+                    extra += f" ({fast['fraction_of_hbm_roofline']:.0%} of HBM)"
+                print(f"{device.type}: {src_hw[0]}p {fmt:>8} x{batch}: reference {ref['ms']:8.2f} ms  "
+                      f"{rec['fast_path']} {fast['ms']:8.2f} ms  x{fast['speedup_vs_reference']:.2f}{extra}  "
+                      f"max|err| {rec['max_abs_err_vs_reference']:.3g}")
+    path = write_results(args.out, "preprocess", {"devices": [d.type for d in devices], "records": records})
     png = _plot(records, args.out, env["device"])
     print(f"wrote {path} and {png}")
     return 0
