@@ -1,4 +1,4 @@
-"""The ``amodal`` command: ``run``, ``subscribe``, ``bench``, ``data``, ``eval`` (each in its own module)."""
+"""The ``amodal`` command: ``run``, ``subscribe``, ``bench``, ``data``, ``eval``, ``train`` (each in its own module)."""
 from __future__ import annotations
 
 import importlib
@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("amodal.bench.cli", "benchmarks: latency, kernels"),
     "data": ("amodal.training.data.cli", "synthetic occlusion datasets and dataset tools"),
     "eval": ("amodal.training.evaluation.cli", "standard evaluators (coco, vis, amodal, reid, layers)"),
+    "train": ("amodal.training.cli", "train a model from a training YAML (torchrun for several GPUs)"),
 }
 
 
