@@ -1,0 +1,120 @@
+"""``amodal bench analyzer --analyzer NAME``: model-only fps against engine fps at batch sizes 1–16.
+
+Model-only: ``analyzer.process`` on pre-decoded frames in batches of B (the ceiling).  Engine: the same
+analyzer in the engine, B concurrent file streams decoded as fast as possible and micro-batched up to B
+(decode, queues, batching, post-processing and publishing included), received by a subscriber.  Both in
+one run; the ratio engine/model is the engine's efficiency.  Writes ``analyzer_<name>.json`` + ``.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from amodal.bench.common import new_figure, save_figure, write_results
+from amodal.bench.latency import _free_endpoint
+from amodal.demo import DEFAULT_FEED, encode_feed
+from amodal.engine.analyzers import build_analyzer
+from amodal.engine.config import AnalyzerConfig, EngineConfig
+from amodal.engine.device import select_device
+from amodal.engine.engine import Engine
+from amodal.schema import FrameMessage, StatusMessage
+from amodal.streams.base import SourceConfig
+from amodal.streams.open import open_source
+from amodal.subscriber import Subscriber
+from amodal.types import StreamState
+
+
+def _decode_all(path: Path, n: int) -> list:
+    class Keep:
+        def __init__(self):
+            self.frames = []
+
+        def put_frame(self, frame):
+            self.frames.append(frame)
+            return len(self.frames) < n
+
+        def put_event(self, event):
+            pass
+
+    import threading
+
+    sink = Keep()
+    open_source(SourceConfig(uri=str(path), stream_id="bench", max_frames=n)).run(sink, threading.Event())
+    return sink.frames
+
+
+def model_fps(config: AnalyzerConfig, device: torch.device, frames: list, batch: int, repeats: int) -> float:
+    analyzer = build_analyzer(config)
+    analyzer.start(device)
+    analyzer.process(frames[:batch])  # warm-up
+    analyzer.on_source_eos("bench")
+    done, start = 0, time.perf_counter()
+    for _ in range(repeats):
+        for k in range(0, len(frames) - batch + 1, batch):
+            analyzer.process(frames[k : k + batch])
+            done += batch
+        analyzer.on_source_eos("bench")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - start)
+
+
+def engine_fps(config: AnalyzerConfig, device_name: str, clip: Path, batch: int, frames_per_stream: int) -> float:
+    endpoint = _free_endpoint()
+    engine = Engine(EngineConfig(publish=endpoint, analyzer=config, max_batch_size=batch, max_wait_ms=20.0, device=device_name)).start()
+    sub = Subscriber(endpoint)
+    time.sleep(0.3)
+    start = time.perf_counter()
+    for i in range(batch):
+        engine.add_source(SourceConfig(uri=str(clip), stream_id=f"s{i}", realtime=False, max_frames=frames_per_stream))
+    received, ended = 0, set()
+    deadline = time.monotonic() + 1800
+    while len(ended) < batch and time.monotonic() < deadline:
+        msg = sub.recv(1.0)
+        if isinstance(msg, FrameMessage):
+            received += 1
+        elif isinstance(msg, StatusMessage) and msg.event.state in (StreamState.ENDED, StreamState.ERROR):
+            ended.add(msg.event.stream_id)
+    elapsed = time.perf_counter() - start
+    engine.stop()
+    sub.close()
+    return received / elapsed
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="amodal bench analyzer", description=__doc__.splitlines()[0])
+    p.add_argument("--analyzer", default="ovis")
+    p.add_argument("--weights", default=None, help="default: the shipped weights")
+    p.add_argument("--batches", default="1,2,4,8,16")
+    p.add_argument("--frames", type=int, default=32, help="frames per stream / per model-only pass")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("out/bench/analyzer"))
+    args = p.parse_args(argv)
+    config = AnalyzerConfig(name=args.analyzer, weights=args.weights, score_threshold=0.5)
+    device = select_device(args.device)
+    clip = encode_feed(args.out / "feed.mp4", DEFAULT_FEED, seconds=max(2.0, args.frames / DEFAULT_FEED.fps + 0.5))
+    frames = _decode_all(clip, args.frames)
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",") if b]:
+        m = model_fps(config, device, frames, batch, args.repeats)
+        e = engine_fps(config, args.device, clip, batch, args.frames)
+        rows.append({"batch": batch, "model_fps": m, "engine_fps": e, "engine_vs_model": e / m})
+        print(f"{args.analyzer} batch {batch:2d}: model {m:7.1f} fps, engine {e:7.1f} fps ({e / m:.2f}x)", flush=True)
+    path = write_results(args.out, f"analyzer_{args.analyzer}", {"analyzer": args.analyzer, "device": str(device), "rows": rows,
+                                                                  "frame_size": [DEFAULT_FEED.width, DEFAULT_FEED.height]})
+    fig, axes = new_figure(1)
+    ax = axes[0][0]
+    ax.plot([r["batch"] for r in rows], [r["model_fps"] for r in rows], marker="o", label="model only")
+    ax.plot([r["batch"] for r in rows], [r["engine_fps"] for r in rows], marker="s", label="engine (decode→publish)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (= concurrent streams)")
+    ax.set_ylabel("frames/s")
+    ax.set_title(f"{args.analyzer} on {device}")
+    ax.legend()
+    save_figure(fig, args.out, f"analyzer_{args.analyzer}")
+    print(f"wrote {path}")
+    return 0
