@@ -182,6 +182,15 @@ def _check_planes(planes, pixel_format: str) -> _Frames:
     return _Frames(planes, pixel_format, b, h, w)
 
 
+def _check_out_size(out_size) -> tuple[int, int]:
+    if not isinstance(out_size, (tuple, list, torch.Size)) or len(out_size) != 2:
+        raise ValueError(f"preprocess: out_size must be (out_h, out_w), got {out_size!r}")
+    out_h, out_w = int(out_size[0]), int(out_size[1])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"preprocess: out_size must be positive, got {out_h}x{out_w}")
+    return out_h, out_w
+
+
 def _check_norm(mean, std, pad_value: float, dtype: torch.dtype) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if len(mean) != 3 or len(std) != 3:
@@ -239,7 +248,7 @@ def preprocess_reference(
     """The plain chain: colour conversion → F.interpolate → pad → normalise → [B, 3, out_h, out_w] ``dtype``."""
     frames = _check_planes(planes, pixel_format)
     mean, std = _check_norm(mean, std, pad_value, dtype)
-    geo = LetterboxGeometry.fit(frames.height, frames.width, *out_size, pad_position=pad_position)
+    geo = LetterboxGeometry.fit(frames.height, frames.width, *_check_out_size(out_size), pad_position=pad_position)
     rgb = _to_rgb01(frames)
     resized = F.interpolate(rgb, size=(geo.resized_h, geo.resized_w), mode="bilinear", align_corners=False)
     padded = F.pad(resized, (geo.pad_x, geo.out_w - geo.resized_w - geo.pad_x,
@@ -488,9 +497,7 @@ def preprocess(
         return preprocess_reference(planes, pixel_format, out_size, mean, std, pad_value, dtype, pad_position)
     frames = _check_planes(planes, pixel_format)
     mean, std = _check_norm(mean, std, pad_value, dtype)
-    if len(out_size) != 2:
-        raise ValueError(f"preprocess: out_size must be (out_h, out_w), got {out_size!r}")
-    geo = LetterboxGeometry.fit(frames.height, frames.width, int(out_size[0]), int(out_size[1]), pad_position)
+    geo = LetterboxGeometry.fit(frames.height, frames.width, *_check_out_size(out_size), pad_position)
     if backend == "auto":
         backend = "triton" if frames.planes[0].is_cuda else "cpu"
     with torch.no_grad():

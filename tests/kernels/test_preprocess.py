@@ -161,6 +161,11 @@ def test_errors_name_the_problem():
         preprocess((y,), "gray8", (8, 8), std=(1, 0, 1))
     with pytest.raises(ValueError, match="unknown backend"):
         preprocess((y,), "gray8", (8, 8), backend="gpu")
+    for backend in ("reference", "cpu"):
+        with pytest.raises(ValueError, match=r"out_size must be \(out_h, out_w\), got 640"):
+            preprocess((y,), "gray8", 640, backend=backend)
+        with pytest.raises(ValueError, match="out_size must be positive, got 0x8"):
+            preprocess((y,), "gray8", (0, 8), backend=backend)
     with pytest.raises(ValueError, match="unknown pad_position"):
         preprocess((y,), "gray8", (8, 8), pad_position="bottom")
     with pytest.raises(ValueError, match=r"rgb24 plane 0 must have 3 dims.*\(8, 10\)"):
