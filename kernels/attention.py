@@ -122,7 +122,8 @@ def _attention_fwd_kernel(
         if HAS_MASK:
             ignore = tl.load(mask_ptr + b * stride_mb + offs_n, mask=n_in, other=1)
             n_live = n_in & (ignore == 0)
-        k_t = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=n_in[None, :] & d_in[:, None], other=0.0)
+        k_t = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=n_in[None, :] & d_in[:, None],
+                      other=0.0)
         s = _dot(q, k_t, UPCAST, PRECISION) * scale_log2
         s = tl.where(n_live[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -130,7 +131,8 @@ def _attention_fwd_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=n_in[:, None] & d_in[None, :], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=n_in[:, None] & d_in[None, :],
+                    other=0.0)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION)
         m_i = m_new
 
@@ -162,7 +164,8 @@ def _attention_bwd_preprocess_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     m_in = offs_m < len_q
     mask = m_in[:, None] & (offs_d < head_dim)[None, :]
-    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :], mask=mask, other=0.0)
+    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :], mask=mask,
+                other=0.0)
     do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dol + offs_d[None, :], mask=mask,
                  other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)

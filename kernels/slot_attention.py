@@ -230,10 +230,11 @@ def _check_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise KernelUnsupportedError(f"slot_attention[triton]: {num_slots} slots outside [1, {MAX_SLOTS}]")
     if not 1 <= dim <= MAX_DIM:
         raise KernelUnsupportedError(f"slot_attention[triton]: feature dim {dim} outside [1, {MAX_DIM}]")
-    if _slot_tile_bytes(num_slots, dim, q.dtype) > MAX_SLOT_TILE_BYTES:
+    tile_bytes = _slot_tile_bytes(num_slots, dim, q.dtype)
+    if tile_bytes > MAX_SLOT_TILE_BYTES:
         raise KernelUnsupportedError(
             f"slot_attention[triton]: {num_slots} slots × dim {dim} in {q.dtype} exceeds the "
-            f"{MAX_SLOT_TILE_BYTES // 1024} KiB slot tile (padded S·D·bytes = {_slot_tile_bytes(num_slots, dim, q.dtype)})")
+            f"{MAX_SLOT_TILE_BYTES // 1024} KiB slot tile (padded S·D·bytes = {tile_bytes})")
     devices = {t.device for t in (q, k, v)}
     if len(devices) != 1:
         raise KernelUnsupportedError(f"slot_attention[triton]: tensors on different devices "

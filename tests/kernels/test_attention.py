@@ -179,7 +179,8 @@ def test_error_head_dim_out_of_range(dim):
 
 def test_error_mask_shape_and_dtype():
     q = torch.randn(2, 1, 4, 16)
-    with pytest.raises(ValueError, match=r"key_padding_mask must be bool \[B, Lk\] = \[2, 4\], got torch.bool \[2, 5\]"):
+    expected = r"key_padding_mask must be bool \[B, Lk\] = \[2, 4\], got torch.bool \[2, 5\]"
+    with pytest.raises(ValueError, match=expected):
         attention(q, q, q, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="got torch.float32"):
         attention(q, q, q, key_padding_mask=torch.zeros(2, 4))

@@ -276,7 +276,8 @@ def test_kernels_compile_for_sm90_within_shared_memory(tmp_path):
         cfg = slot_module._config(32, slots, 4096, dim, torch_dtype)
         launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
         blocks = {key: cfg[key] for key in ("BLOCK_S", "BLOCK_N", "BLOCK_D")}
-        for kernel, extra in (("_slot_attention_fwd_kernel", {"RETURN_ATTN": True}), ("_slot_attention_bwd_kernel", {})):
+        for kernel, extra in (("_slot_attention_fwd_kernel", {"RETURN_ATTN": True}),
+                              ("_slot_attention_bwd_kernel", {})):
             jobs.append({"module": "amodal.kernels.slot_attention", "kernel": kernel, "dtype": dtype,
                          "constexprs": {**blocks, **extra, "UPCAST": False, "PRECISION": "tf32"}, **launch})
     results = _aot_compile(jobs, tmp_path)
