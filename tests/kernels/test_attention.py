@@ -242,6 +242,23 @@ def test_multihead_rejects_bad_sizes():
         module(x, x, x)
 
 
+def test_importing_the_kernels_touches_no_cuda():
+    """No device queries at import: every torch.cuda entry point that would touch a device raises here."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "def boom(*a, **k):\n    raise SystemExit('CUDA touched at import')\n"
+        "for name in ('init', 'is_available', 'device_count', 'get_device_properties', 'get_device_name',"
+        " 'current_device', 'get_device_capability'):\n    setattr(torch.cuda, name, boom)\n"
+        "import amodal.kernels.attention, amodal.kernels.slot_attention\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr[-2000:]
+
+
 # ---------------------------------------------------------------------------------------------------- GPU
 GPU_TOLERANCES = {  # TF32 dots for fp32 (when allowed), tensor-core fp16/bf16
     torch.float32: ((5e-3, 5e-3), (2e-2, 2e-2)),
