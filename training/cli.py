@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         if last is not None and not args.resume:
             raise ConfigError(f"{config.out_path} already holds checkpoints (newest {last.name}); pass --resume or another --out")
         task = build_task(config.task, config.task_config)
-        ctx = init_distributed(config.device)
+        ctx = init_distributed(config.device, timeout_s=config.dist_timeout_s)
     except (ConfigError, CheckpointError) as exc:
         print(f"amodal train: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@
     export_weights: final            # final | best (the weights of the best evaluation)
     device: auto                     # auto | cpu | cuda
     find_unused_parameters: false    # DistributedDataParallel option
+    dist_timeout_s: 1800             # collective timeout (ranks wait at a barrier while rank 0 evaluates)
 
 Unknown keys and bad values raise ``ConfigError`` naming the key (``optimizer.lr``, ``schedule.milestones``).
 """
@@ -142,6 +143,7 @@ class TrainConfig:
     export_weights: str = "final"
     device: str = "auto"
     find_unused_parameters: bool = False
+    dist_timeout_s: int = 1800
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -177,6 +179,7 @@ class TrainConfig:
         _need_choice("device", self.device, DEVICES)
         if not isinstance(self.find_unused_parameters, bool):
             raise ConfigError(f"find_unused_parameters must be true or false, got {self.find_unused_parameters!r}")
+        _need_int("dist_timeout_s", self.dist_timeout_s, 1)
 
     @property
     def out_path(self) -> Path:

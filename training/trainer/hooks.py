@@ -44,7 +44,9 @@ class HookBase:
 
 class MetricsHook(HookBase):
     """Every ``log_every`` steps (and at the last): mean losses over the window, averaged across ranks,
-    the lr of the last step, samples/s and clipped gradient norm → ``metrics.jsonl``; a non-finite loss stops training."""
+    the lr of the last step, samples/s and clipped gradient norm → ``metrics.jsonl``; a non-finite loss
+    stops training.  Throughput counts step time only (batch, forward, backward, update — not evaluation
+    or checkpoints); it must be the first hook so its step clock brackets the step."""
 
     def before_train(self) -> None:
         self._reset()
@@ -53,7 +55,10 @@ class MetricsHook(HookBase):
         self._sums: dict[str, torch.Tensor] = {}
         self._norm_sum: torch.Tensor | None = None
         self._steps = 0
-        self._t0 = time.perf_counter()
+        self._busy_s = 0.0
+
+    def before_step(self) -> None:
+        self._t_step = time.perf_counter()
 
     def after_step(self) -> None:
         t = self.trainer
@@ -65,23 +70,25 @@ class MetricsHook(HookBase):
         self._steps += 1
         if t.step % t.config.log_every == 0 or t.step == t.config.max_steps:
             self._log()
+        else:
+            self._busy_s += time.perf_counter() - self._t_step
 
     def _log(self) -> None:
         t = self.trainer
         keys = sorted(self._sums)
         values = [self._sums[k] for k in keys] + ([self._norm_sum] if self._norm_sum is not None else [])
-        means = all_reduce_mean(t.ctx, torch.stack(values) / self._steps).tolist()
+        means = all_reduce_mean(t.ctx, torch.stack(values) / self._steps).tolist()  # waits for the device
+        self._busy_s += time.perf_counter() - self._t_step
         losses = dict(zip(keys, means[: len(keys)]))
         total = sum(losses.values())
         if not math.isfinite(total):
             raise FloatingPointError(f"non-finite loss at step {t.step}: {losses}")
-        elapsed_s = max(time.perf_counter() - self._t0, 1e-9)
         record = {
             "step": t.step,
             "loss": total,
             "losses": losses,
             "lr": t.step_lr,
-            "samples_per_s": self._steps * t.config.batch_size * t.ctx.world_size / elapsed_s,
+            "samples_per_s": self._steps * t.config.batch_size * t.ctx.world_size / max(self._busy_s, 1e-9),
             "world_size": t.ctx.world_size,
         }
         if self._norm_sum is not None:

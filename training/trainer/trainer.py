@@ -6,11 +6,14 @@ in DistributedDataParallel and each rank draws its own batches.
 
 Exact resume: a checkpoint holds model, optimiser, scheduler, grad-scaler, step, every rank's RNG states
 and the best evaluation.  The data position is recovered by re-creating the task's iterator — deterministic
-per (seed, rank) by the task contract — and discarding the ``step`` batches already consumed; the RNG
-states are restored *after* that, so the run continues bit for bit (on a deterministic device).
+per (seed, rank) by the task contract — and discarding the ``step`` batches already consumed (one batch per
+step).  A task whose ``train_batches`` also accepts ``start_batch=`` is asked to start there instead, so
+nothing is generated to be thrown away.  The RNG states are restored *after* positioning the data, so the
+run continues bit for bit (on a deterministic device).
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -156,12 +159,19 @@ class Trainer:
 
     # ---- loop -------------------------------------------------------------------------------------
     def _open_batches(self) -> Iterator[Any]:
-        batches = iter(self.task.train_batches(batch_size=self.config.batch_size, seed=self.config.seed,
-                                               rank=self.ctx.rank, world_size=self.ctx.world_size))
+        kwargs = dict(batch_size=self.config.batch_size, seed=self.config.seed, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        if self.step and "start_batch" in inspect.signature(self.task.train_batches).parameters:
+            # the task can start mid-stream itself (e.g. batches seeded per index): no batch is produced to be dropped
+            return self._after_skip(iter(self.task.train_batches(**kwargs, start_batch=self.step)))
+        batches = iter(self.task.train_batches(**kwargs))
         if self.step:
             skipped = sum(1 for _ in itertools.islice(batches, self.step))
             if skipped != self.step:
                 raise RuntimeError(f"task {self.task.name!r}: train_batches ended after {skipped} batches; it must be endless")
+        return self._after_skip(batches)
+
+    def _after_skip(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """Restore the resumed RNG states only once the data stream is positioned (skipping may draw)."""
         if self._pending_rng is not None:
             restore_rng(self._pending_rng, self.ctx.device)
             self._pending_rng = None

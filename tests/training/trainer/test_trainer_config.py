@@ -34,6 +34,7 @@ from tests.training.trainer.trainer_tiny_task import TASK_PATH, TinyTask, tiny_c
     ({"device": "tpu"}, "device"),
     ({"task_config": [1, 2]}, "task_config"),
     ({"log_every": 0}, "log_every"),
+    ({"dist_timeout_s": 0}, "dist_timeout_s"),
 ])
 def test_bad_values_name_the_key(tmp_path, change, key):
     raw = tiny_config(tmp_path, max_steps=100)

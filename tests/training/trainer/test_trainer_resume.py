@@ -12,7 +12,7 @@ from amodal.training.trainer import DistContext, HookBase, Trainer, train_config
 from amodal.training.trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from amodal.training.trainer.metrics_log import read_metrics
 from amodal.training.trainer.rng import capture_rng, restore_rng
-from tests.training.trainer.trainer_tiny_task import TinyTask, one_thread, tiny_config
+from tests.training.trainer.trainer_tiny_task import TinyTask, make_batch, one_thread, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -68,6 +68,37 @@ def test_resume_is_bitwise_exact(tmp_path):
     # records past the checkpoint (step 10) were dropped on resume and written again, identically
     strip = [{k: v for k, v in r.items() if k != "samples_per_s"} for r in log_a]
     assert strip == [{k: v for k, v in r.items() if k != "samples_per_s"} for r in log_b]
+
+
+class IndexedTinyTask(TinyTask):
+    """Batches seeded per (seed, rank, index): the stream can start at any batch without producing the earlier ones."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.produced = 0
+
+    def train_batches(self, *, batch_size, seed, rank, world_size, start_batch=0):
+        index = start_batch
+        while True:
+            gen = torch.Generator().manual_seed((seed * 1000 + rank) * 1_000_000 + index)
+            self.produced += 1
+            yield make_batch(gen, batch_size, self.config.image_size, self.config.noise)
+            index += 1
+
+
+def test_resume_with_start_batch_is_exact_and_skips_nothing(tmp_path):
+    straight = Trainer(_config(tmp_path / "a"), IndexedTinyTask({"dropout": 0.3}), CPU)
+    straight.train()
+    first = Trainer(_config(tmp_path / "b"), IndexedTinyTask({"dropout": 0.3}), CPU, extra_hooks=[PreemptAt(11)])
+    with pytest.raises(Preempted):
+        first.train()
+    task = IndexedTinyTask({"dropout": 0.3})
+    resumed = Trainer(_config(tmp_path / "b"), task, CPU)
+    resumed.resume(latest_checkpoint(tmp_path / "b"))
+    resumed.train()
+    assert task.produced == 16 - 8
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
 def test_resume_without_exact_parts_diverges(tmp_path):
