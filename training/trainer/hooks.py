@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -168,6 +168,8 @@ class CheckpointHook(HookBase):
 class ProgressHook(HookBase):
     """A tqdm bar on stderr (rank 0) with the last logged loss, samples/s and lr."""
 
+    _bar: Any = None
+
     def before_train(self) -> None:
         from tqdm import tqdm
 
@@ -184,7 +186,8 @@ class ProgressHook(HookBase):
             self._bar.set_postfix(loss=f"{log['loss']:.4f}", samples_s=f"{log['samples_per_s']:.1f}", lr=f"{log['lr']:.3g}")
 
     def after_train(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 class ExportHook(HookBase):

@@ -207,9 +207,9 @@ class Trainer:
 
     def train(self) -> TrainSummary:
         """Run from ``self.step`` to ``max_steps``; ``after_train`` hooks run even when a step raises."""
+        self._batches = self._open_batches()
         if self.ctx.is_main:
             self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", start_step=self.step)
-        self._batches = self._open_batches()
         try:
             for hook in self.hooks:
                 hook.before_train()

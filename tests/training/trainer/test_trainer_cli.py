@@ -16,7 +16,7 @@ from amodal.cli import main as amodal_main
 from amodal.models.weights import load_weights
 from amodal.training.trainer.checkpoint import list_checkpoints, load_checkpoint
 from amodal.training.trainer.metrics_log import read_metrics
-from tests.training.trainer.trainer_tiny_task import one_thread, tiny_config
+from tests.training.trainer.trainer_tiny_task import one_thread, tiny_config  # noqa: F401 (one_thread: fixture)
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.usefixtures("one_thread")

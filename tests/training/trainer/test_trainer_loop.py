@@ -11,7 +11,7 @@ from amodal.training.trainer import DistContext, Trainer, train_config_from_dict
 from amodal.training.trainer.checkpoint import list_checkpoints
 from amodal.training.trainer.metrics_log import read_metrics
 from amodal.training.trainer.schedule import lr_factor
-from tests.training.trainer.trainer_tiny_task import TinyTask, make_batch, one_thread, tiny_config
+from tests.training.trainer.trainer_tiny_task import TinyTask, make_batch, one_thread, tiny_config  # noqa: F401 (one_thread: fixture)
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -93,3 +93,28 @@ def test_export_round_trip(run):
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(images), trainer.model(images))
+
+
+def test_bf16_autocast_on_cpu_when_asked(tmp_path):
+    config = train_config_from_dict(tiny_config(tmp_path, max_steps=6, amp="bf16", eval_every=0, log_every=3))
+    trainer = Trainer(config, TinyTask({}), CPU)
+    assert trainer.amp_dtype == torch.bfloat16
+    summary = trainer.train()
+    assert summary.completed and all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["auto", "fp16"])
+def test_cuda_mixed_precision_and_resume(tmp_path, amp):
+    cuda = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cuda", 0))
+    config = train_config_from_dict(tiny_config(tmp_path, max_steps=20, amp=amp, device="cuda", checkpoint_every=10))
+    trainer = Trainer(config, TinyTask({}), cuda)
+    assert trainer.amp_dtype == (torch.bfloat16 if amp == "auto" else torch.float16)
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+    summary = trainer.train()
+    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert summary.completed and losses[-1] < losses[0]
+    resumed = Trainer(train_config_from_dict(tiny_config(tmp_path, max_steps=30, amp=amp, device="cuda")), TinyTask({}), cuda)
+    resumed.resume(tmp_path / "checkpoints" / "step_00000010.pt")
+    assert resumed.train().steps == 30

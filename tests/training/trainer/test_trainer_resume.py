@@ -12,7 +12,7 @@ from amodal.training.trainer import DistContext, HookBase, Trainer, train_config
 from amodal.training.trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from amodal.training.trainer.metrics_log import read_metrics
 from amodal.training.trainer.rng import capture_rng, restore_rng
-from tests.training.trainer.trainer_tiny_task import TinyTask, make_batch, one_thread, tiny_config
+from tests.training.trainer.trainer_tiny_task import TinyTask, make_batch, one_thread, tiny_config  # noqa: F401 (one_thread: fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
