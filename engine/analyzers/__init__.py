@@ -5,7 +5,7 @@ from amodal.engine.analyzer import Analyzer
 from amodal.engine.config import AnalyzerConfig
 from amodal.errors import ConfigError
 
-ANALYZER_NAMES = ("identity", "maskrcnn")
+ANALYZER_NAMES = ("identity", "maskrcnn", "ovis")
 
 
 def build_analyzer(config: AnalyzerConfig) -> Analyzer:
@@ -17,4 +17,8 @@ def build_analyzer(config: AnalyzerConfig) -> Analyzer:
         from amodal.engine.analyzers.maskrcnn import MaskRCNNAnalyzer
 
         return MaskRCNNAnalyzer(config)
+    if config.name == "ovis":
+        from amodal.engine.analyzers.ovis import OvisAnalyzer
+
+        return OvisAnalyzer(config)
     raise ConfigError(f"unknown analyzer {config.name!r}; choose from {', '.join(ANALYZER_NAMES)}")

@@ -1,0 +1,73 @@
+"""``ovis``: CMaskTrack R-CNN occluded video instance segmentation with online tracking, per stream.
+
+Each stream keeps its own track memory and the previous frame's FPN features (the calibration reference: past
+frames only); both are dropped in ``on_source_eos``.  ``process`` batches frames of several streams; a frame is
+always calibrated against its own stream's previous frame.  Published objects carry track id, class, score, box,
+visible mask (RLE) and an occlusion-level estimate (``1 − visible area / the track's largest visible area``,
+see ``amodal.models.cmasktrack.online``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from amodal.engine.analyzer import Analyzer
+from amodal.engine.config import AnalyzerConfig
+from amodal.engine.postprocess import encode_masks
+from amodal.engine.preprocess import frame_to_rgb_tensor
+from amodal.models.cmasktrack import LoadedCMaskTrack, OnlineTracker, TrackedFrame
+from amodal.models.cmasktrack.model import load_cmasktrack
+from amodal.types import Frame, FrameResult, ObjectResult
+
+
+class OvisAnalyzer(Analyzer):
+    name = "ovis"
+
+    def __init__(self, config: AnalyzerConfig, loaded: LoadedCMaskTrack | None = None) -> None:
+        if loaded is None and not config.weights:
+            from amodal.pretrained import default_weights
+
+            config = AnalyzerConfig(**{**config.__dict__, "weights": str(default_weights("ovis"))})
+        self.config = config
+        self.loaded = loaded if loaded is not None else load_cmasktrack(config.weights)  # CheckpointError if bad
+        self.class_names = self.loaded.config.class_names
+        self.tracker: OnlineTracker | None = None
+
+    def start(self, device: torch.device) -> None:
+        super().start(device)
+        model = self.loaded.model.to(device).eval()
+        self.tracker = OnlineTracker(model, score_threshold=self.config.score_threshold,
+                                     max_detections=self.config.max_detections)
+
+    @torch.inference_mode()
+    def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
+        if self.tracker is None:
+            self.start(torch.device("cpu"))
+        items = [(f.stream_id, frame_to_rgb_tensor(f, self.device)) for f in frames]
+        tracked = self.tracker.step(items)  # type: ignore[union-attr]
+        return [self._to_result(f, t) for f, t in zip(frames, tracked)]
+
+    def on_source_eos(self, stream_id: str) -> None:
+        if self.tracker is not None:
+            self.tracker.reset(stream_id)
+
+    def stop(self) -> None:
+        self.tracker = None
+
+    def _name(self, label: int) -> str:
+        return self.class_names[label - 1] if 0 < label <= len(self.class_names) else f"class_{label}"
+
+    def _to_result(self, frame: Frame, t: TrackedFrame) -> FrameResult:
+        masks = encode_masks(t.masks)
+        objects = tuple(
+            ObjectResult(class_id=int(label), class_name=self._name(int(label)), score=float(score),
+                         box_xyxy=tuple(float(v) for v in box),  # type: ignore[arg-type]
+                         mask=mask, track_id=int(tid), occlusion_level=float(level))
+            for box, score, label, mask, tid, level in zip(
+                t.boxes_xyxy.cpu().tolist(), t.scores.cpu().tolist(), t.labels.cpu().tolist(), masks,
+                t.track_ids.cpu().tolist(), t.occlusion_levels.cpu().tolist())
+        )
+        return FrameResult(stream_id=frame.stream_id, frame_index=frame.index, pts_s=frame.pts_s,
+                           capture_time_ns=frame.capture_time_ns, width=frame.width, height=frame.height,
+                           objects=objects, analyzer=self.name, received_mono_ns=frame.received_mono_ns)
