@@ -23,6 +23,7 @@ matmuls on channels-last tiles, own backward), ``triton`` (CUDA, or the Triton i
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -345,13 +346,15 @@ def correlation_triton_bwd(
     return grads[0], grads[1]
 
 
-# CPU path: each output row is a band of a small matmul.  For tap (i, j) and a tile of T output columns of output
-# row h, A = a[:, y(h, i), x-tile] is [T, C] and Bw = b over the pH displaced rows × a Tw-column window is
-# [pH·Tw, C]; M = A·Bwᵀ is [T, pH, Tw] and out[ph, pw, h, t] = M[t, ph, t·sW + pw·dpW] (a strided band view).
-# With stride 1 and dilation_patch g > 1 the columns split into g phases (ow ≡ r mod g) that only ever meet b
-# columns of the same phase, so each phase is a dense (dilation_patch 1) problem on every g-th column: the band
-# is g× narrower.  The matmuls run batched over (sample, output row, tile).  The backward scatters grad_out into
-# the bands of dM, then dA = dM·Bw and dBw = dMᵀ·A, the latter overlap-added back onto b's rows and columns.
+# CPU path: each output row is a band of a small matmul.  For tap (i, j), displacement row ph and a tile of T output
+# columns of output row h, A = a[:, y(h, i), x-tile] is [T, C] and Bw = b[:, y(h, i) + ph·dpH, window] is [Tw, C];
+# M = A·Bwᵀ is [T, Tw] and out[ph, pw, h, t] = M[t, t·sW + pw·dpW] (a strided band view).  With stride 1 and
+# dilation_patch g > 1 the columns split into g phases (ow ≡ r mod g) that only ever meet b columns of the same
+# phase, so each phase is a dense (dilation_patch 1) problem on every g-th column: the band is g× narrower.
+# a and b are padded channels-last into buffers with the same number R of rows per sample (R a multiple of sH), so
+# the matrices of every (sample, output row) sit at one uniform row stride: each (phase, tap, ph, tile) is a single
+# copy-free bmm over k = n·R/sH + h (rows past oH are computed and dropped).  The backward scatters grad_out into
+# the bands of dM, then adds dA = dM·Bw and dBw = dMᵀ·A in place at the same strided positions.
 
 def _cpu_tile(per_phase: int, span: int) -> int:
     """Output columns per tile: wide enough to amortise the matmul, narrow enough to waste little on the band."""
@@ -365,7 +368,8 @@ class _CpuPlan:
         self.prm = prm
         self.n, self.c, self.h, self.w = shape
         self.oh, self.ow = prm.out_hw(self.h, self.w)
-        sw, dw, dpw, pw_n = prm.stride[1], prm.dilation[1], prm.dilation_patch[1], prm.patch_size[1]
+        sh, sw = prm.stride
+        dw, dpw, pw_n = prm.dilation[1], prm.dilation_patch[1], prm.patch_size[1]
         self.phases = dpw if (sw == 1 and dpw > 1) else 1
         g = self.phases
         self.col_step = sw * g  # padded-column distance between neighbouring outputs of one phase
@@ -379,49 +383,35 @@ class _CpuPlan:
         # zero columns added on the right so that the last tile's columns and window stay inside the padded row
         a_cols = (prm.kernel_size[1] - 1) * dw + (g - 1) * sw + (self.n_tiles * self.tile - 1) * self.col_step + 1
         self.extra_w = max(0, a_cols - (self.w + 2 * prm.padding[1]))
+        b_rows = self.h + 2 * prm.padding[0] + (prm.patch_size[0] - 1) * prm.dilation_patch[0]
+        self.rows = -(-b_rows // sh) * sh  # rows per sample in both buffers
+        self.k = (self.n - 1) * (self.rows // sh) + self.oh  # matrices per bmm
 
-    def _col0(self, j: int, r: int) -> int:
-        return j * self.prm.dilation[1] + r * self.prm.stride[1]
+    def _offset(self, s: tuple[int, ...], row: int, j: int, r: int, t: int) -> int:
+        col = j * self.prm.dilation[1] + r * self.prm.stride[1] + t * self.tile * self.col_step
+        return row * s[1] + col * s[2]
 
-    def a_tile(self, a_cl: torch.Tensor, i: int, j: int, r: int) -> torch.Tensor:
-        """a_cl [N, Ha, Wa, C] → A [N, oH, n_tiles, T, C] (a strided view) for tap (i, j), phase r."""
-        sh, dh = self.prm.stride[0], self.prm.dilation[0]
-        s = a_cl.stride()
-        return a_cl.as_strided(
-            (self.n, self.oh, self.n_tiles, self.tile, self.c),
-            (s[0], sh * s[1], self.tile * self.col_step * s[2], self.col_step * s[2], s[3]),
-            a_cl.storage_offset() + i * dh * s[1] + self._col0(j, r) * s[2])
+    def a_mats(self, a_buf: torch.Tensor, i: int, j: int, r: int, t: int) -> torch.Tensor:
+        """a_buf [N, R, Wa, C] → A [K, T, C] (a view) for tap (i, j), phase r, tile t."""
+        s = a_buf.stride()
+        return a_buf.as_strided(
+            (self.k, self.tile, self.c), (self.prm.stride[0] * s[1], self.col_step * s[2], s[3]),
+            a_buf.storage_offset() + self._offset(s, i * self.prm.dilation[0], j, r, t))
 
-    def b_windows(self, b_cl: torch.Tensor, i: int, j: int, r: int) -> torch.Tensor:
-        """b_cl [N, Hb, Wb, C] → Bw [N, oH, n_tiles, pH, Tw, C] (an overlapping view) for tap (i, j), phase r."""
-        sh, dh, dph = self.prm.stride[0], self.prm.dilation[0], self.prm.dilation_patch[0]
-        s = b_cl.stride()
-        return b_cl.as_strided(
-            (self.n, self.oh, self.n_tiles, self.prm.patch_size[0], self.win, self.c),
-            (s[0], sh * s[1], self.tile * self.col_step * s[2], dph * s[1], self.win_step * s[2], s[3]),
-            b_cl.storage_offset() + i * dh * s[1] + self._col0(j, r) * s[2])
-
-    def add_b_windows(self, gb_cl: torch.Tensor, gb_win: torch.Tensor, i: int, j: int, r: int) -> None:
-        """Overlap-add gb_win [N, oH, n_tiles, pH, Tw, C] onto gb_cl at the b_windows positions: tiles q apart
-        never overlap, so each (ph, tile residue) group is one strided in-place add."""
-        sh, dh, dph = self.prm.stride[0], self.prm.dilation[0], self.prm.dilation_patch[0]
-        tile_cols = self.tile * self.col_step
-        q = -(-((self.win - 1) * self.win_step + 1) // tile_cols)
-        s = gb_cl.stride()
-        for ph in range(self.prm.patch_size[0]):
-            for rr in range(min(q, self.n_tiles)):
-                target = gb_cl.as_strided(
-                    (self.n, self.oh, len(range(rr, self.n_tiles, q)), self.win, self.c),
-                    (s[0], sh * s[1], q * tile_cols * s[2], self.win_step * s[2], s[3]),
-                    gb_cl.storage_offset() + (i * dh + ph * dph) * s[1] + (self._col0(j, r) + rr * tile_cols) * s[2])
-                target.add_(gb_win[:, :, rr::q, ph])
+    def b_mats(self, b_buf: torch.Tensor, i: int, j: int, r: int, t: int, ph: int) -> torch.Tensor:
+        """b_buf [N, R, Wb, C] → Bw [K, Tw, C] (a view) for tap (i, j), phase r, tile t, displacement row ph."""
+        s = b_buf.stride()
+        row = i * self.prm.dilation[0] + ph * self.prm.dilation_patch[0]
+        return b_buf.as_strided(
+            (self.k, self.win, self.c), (self.prm.stride[0] * s[1], self.win_step * s[2], s[3]),
+            b_buf.storage_offset() + self._offset(s, row, j, r, t))
 
     def band(self, m: torch.Tensor) -> torch.Tensor:
-        """m [N, oH, n_tiles, T, pH·Tw] (contiguous) → view [N, pH, pW, oH, n_tiles, T] of m[.., t, ph, band(t, pw)]."""
+        """m [K, T, Tw] (contiguous) → view [N, pW, oH, T] of m[k(n, h), t, t·band_l + pw·band_p]."""
         s = m.stride()
         return m.as_strided(
-            (self.n, self.prm.patch_size[0], self.prm.patch_size[1], self.oh, self.n_tiles, self.tile),
-            (s[0], self.win, self.band_p, s[1], s[2], s[3] + self.band_l),
+            (self.n, self.prm.patch_size[1], self.oh, self.tile),
+            ((self.rows // self.prm.stride[0]) * s[0], self.band_p, s[0], s[1] + self.band_l),
             m.storage_offset())
 
     def out_shape(self) -> tuple[int, ...]:
@@ -429,38 +419,43 @@ class _CpuPlan:
         return (self.n, *self.prm.patch_size, self.oh, self.n_tiles, self.tile, self.phases)
 
     def padded_inputs(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """Zero-padded channels-last copies (fp32, or fp64 for fp64 inputs) of a and b; also b's top/left pad."""
+        """Zero-padded channels-last buffers [N, R, W', C] (fp32, or fp64 for fp64 inputs) of a and b, and the
+        top/left offset of b inside its buffer (a sits at (padH, padW))."""
         prm = self.prm
-        (pad_h, pad_w), (ch, cw), (ph_n, pw_n), (dph, dpw) = prm.padding, prm.centre, prm.patch_size, prm.dilation_patch
+        (pad_h, pad_w), (ch, cw), pw_n, dph, dpw = (prm.padding, prm.centre, prm.patch_size[1],
+                                                    prm.dilation_patch[0], prm.dilation_patch[1])
         top, left = pad_h + ch * dph, pad_w + cw * dpw
-        bottom, right = pad_h + (ph_n - 1 - ch) * dph, pad_w + (pw_n - 1 - cw) * dpw
+        right = pad_w + (pw_n - 1 - cw) * dpw
         dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-        a_cl = _padded_channels_last(a, pad_h, pad_h, pad_w, pad_w + self.extra_w, dtype)
-        b_cl = _padded_channels_last(b, top, bottom, left, right + self.extra_w, dtype)
-        return a_cl, b_cl, top, left
+        a_buf = _padded_channels_last(a, pad_h, self.rows, pad_w, self.w + 2 * pad_w + self.extra_w, dtype)
+        b_buf = _padded_channels_last(b, top, self.rows, left, left + self.w + right + self.extra_w, dtype)
+        return a_buf, b_buf, top, left
 
 
-def _padded_channels_last(x: torch.Tensor, top: int, bottom: int, left: int, right: int, dtype: torch.dtype):
-    """x [N, C, H, W] → zero-padded [N, top + H + bottom, left + W + right, C] in ``dtype`` (one fill, one copy)."""
+def _padded_channels_last(x: torch.Tensor, top: int, rows: int, left: int, cols: int, dtype: torch.dtype):
+    """x [N, C, H, W] → zeros [N, rows, cols, C] in ``dtype`` with x at (top, left) (one fill, one copy)."""
     n, c, h, w = x.shape
-    buf = torch.zeros((n, top + h + bottom, left + w + right, c), dtype=dtype, device=x.device)
+    buf = torch.zeros((n, rows, cols, c), dtype=dtype, device=x.device)
     buf[:, top: top + h, left: left + w].copy_(x.permute(0, 2, 3, 1))
     return buf
+
+
+def _cpu_loops(plan: _CpuPlan):
+    """(phase, tile, displacement row, tap row, tap column) of every bmm."""
+    prm = plan.prm
+    return itertools.product(range(plan.phases), range(plan.n_tiles), range(prm.patch_size[0]),
+                             range(prm.kernel_size[0]), range(prm.kernel_size[1]))
 
 
 def correlation_cpu_fwd(a: torch.Tensor, b: torch.Tensor, prm: CorrelationParams) -> torch.Tensor:
     """CPU forward (any device, fp32 math): a, b [B, C, H, W] → [B, pH, pW, oH, oW] in the input dtype."""
     _validate(a, b, prm)
     plan = _CpuPlan(a.shape, prm)
-    a_cl, b_cl, _, _ = plan.padded_inputs(a, b)
-    (kh, kw), ph_n = prm.kernel_size, prm.patch_size[0]
-    out = a_cl.new_zeros(plan.out_shape())
-    for r in range(plan.phases):
-        for i in range(kh):
-            for j in range(kw):
-                bw = plan.b_windows(b_cl, i, j, r).reshape(plan.n, plan.oh, plan.n_tiles, ph_n * plan.win, plan.c)
-                m = torch.matmul(plan.a_tile(a_cl, i, j, r), bw.transpose(-1, -2))
-                out[..., r] += plan.band(m)
+    a_buf, b_buf, _, _ = plan.padded_inputs(a, b)
+    out = a_buf.new_zeros(plan.out_shape())
+    for r, t, ph, i, j in _cpu_loops(plan):
+        m = torch.bmm(plan.a_mats(a_buf, i, j, r, t), plan.b_mats(b_buf, i, j, r, t, ph).transpose(1, 2))
+        out[:, ph, :, :, t, :, r] += plan.band(m)
     out = out.view(*out.shape[:4], -1)[..., : plan.ow]
     return out.to(a.dtype).contiguous()
 
@@ -475,31 +470,28 @@ def correlation_cpu_bwd(
     expected = (plan.n, *prm.patch_size, plan.oh, plan.ow)
     if tuple(grad_out.shape) != expected:
         raise ValueError(f"correlation backward: grad_out has shape {tuple(grad_out.shape)}, expected {expected}")
-    a_cl, b_cl, top, left = plan.padded_inputs(a, b)
+    a_buf, b_buf, top, left = plan.padded_inputs(a, b)
     shape = plan.out_shape()
-    g = F.pad(grad_out.to(a_cl.dtype), (0, shape[4] * shape[5] * shape[6] - plan.ow)).view(shape)
-    ga_cl = torch.zeros_like(a_cl) if need_a else None
-    gb_cl = torch.zeros_like(b_cl) if need_b else None
-    (kh, kw), ph_n = prm.kernel_size, prm.patch_size[0]
-    dm = a_cl.new_empty(plan.n, plan.oh, plan.n_tiles, plan.tile, ph_n * plan.win)
-    for r in range(plan.phases):
-        dm.zero_()
-        plan.band(dm).copy_(g[..., r])
-        for i in range(kh):
-            for j in range(kw):
-                if need_a:
-                    bw = plan.b_windows(b_cl, i, j, r).reshape(plan.n, plan.oh, plan.n_tiles, ph_n * plan.win, plan.c)
-                    plan.a_tile(ga_cl, i, j, r).add_(torch.matmul(dm, bw))
-                if need_b:
-                    gb_win = torch.matmul(dm.transpose(-1, -2), plan.a_tile(a_cl, i, j, r))  # [.., pH·Tw, C]
-                    gb_win = gb_win.view(plan.n, plan.oh, plan.n_tiles, ph_n, plan.win, plan.c)
-                    plan.add_b_windows(gb_cl, gb_win, i, j, r)
+    g = F.pad(grad_out.to(a_buf.dtype), (0, shape[4] * shape[5] * shape[6] - plan.ow)).view(shape)
+    ga_buf = torch.zeros_like(a_buf) if need_a else None
+    gb_buf = torch.zeros_like(b_buf) if need_b else None
+    dm = a_buf.new_zeros(plan.k, plan.tile, plan.win)
+    filled = None
+    for r, t, ph, i, j in _cpu_loops(plan):
+        if filled != (r, t, ph):  # dM depends on (phase, tile, ph) only: fill once for all taps
+            dm.zero_()
+            plan.band(dm).copy_(g[:, ph, :, :, t, :, r])
+            filled = (r, t, ph)
+        if need_a:
+            plan.a_mats(ga_buf, i, j, r, t).add_(torch.bmm(dm, plan.b_mats(b_buf, i, j, r, t, ph)))
+        if need_b:
+            plan.b_mats(gb_buf, i, j, r, t, ph).add_(torch.bmm(dm.transpose(1, 2), plan.a_mats(a_buf, i, j, r, t)))
     (pad_h, pad_w), (h, w) = prm.padding, (plan.h, plan.w)
     grad_a = grad_b = None
     if need_a:
-        grad_a = ga_cl[:, pad_h: pad_h + h, pad_w: pad_w + w].permute(0, 3, 1, 2).to(a.dtype).contiguous()
+        grad_a = ga_buf[:, pad_h: pad_h + h, pad_w: pad_w + w].permute(0, 3, 1, 2).to(a.dtype).contiguous()
     if need_b:
-        grad_b = gb_cl[:, top: top + h, left: left + w].permute(0, 3, 1, 2).to(b.dtype).contiguous()
+        grad_b = gb_buf[:, top: top + h, left: left + w].permute(0, 3, 1, 2).to(b.dtype).contiguous()
     return grad_a, grad_b
 
 
