@@ -261,7 +261,7 @@ def evaluate_online(model: CMaskTrackRCNN, ann_file: Path, image_root: Path, dev
             scores: dict[int, list[float]] = defaultdict(list)
             label_score: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
             for t in range(video.length):
-                image = torch.from_numpy(dataset.load_image(video, t)).permute(2, 0, 1).float().div_(255.0)
+                image = torch.from_numpy(np.array(dataset.load_image(video, t))).permute(2, 0, 1).float().div_(255.0)
                 (tracked,) = tracker.step([(video.id, image.to(device))])
                 binary = tracked.masks.cpu().numpy()
                 for j, tid in enumerate(tracked.track_ids.tolist()):
