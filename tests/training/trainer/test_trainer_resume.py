@@ -19,7 +19,7 @@ CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")
 
 
 class Preempted(Exception):
-    pass
+    """Raised by a hook to simulate a job killed mid-run."""
 
 
 class PreemptAt(HookBase):
