@@ -25,6 +25,7 @@ class CMaskTrackConfig:
     patch_size: int = 16
     dilation_patch: int = 2
     track_dim: int = 1024
+    track_logit_scale: float = 1.0
     track_fg_iou: float = 0.5
     match_det_score_weight: float = 1.0
     match_iou_weight: float = 2.0
@@ -39,6 +40,8 @@ class CMaskTrackConfig:
         for name in ("calibration_channels", "patch_size", "dilation_patch", "track_dim"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"CMaskTrackConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not self.track_logit_scale > 0.0:
+            raise ConfigError(f"CMaskTrackConfig.track_logit_scale must be > 0, got {self.track_logit_scale}")
         if not 0.0 < self.track_fg_iou <= 1.0:
             raise ConfigError(f"CMaskTrackConfig.track_fg_iou must be in (0, 1], got {self.track_fg_iou}")
         if not 0.0 < self.mask_threshold < 1.0:
@@ -81,4 +84,5 @@ def tiny_config(class_names: tuple[str, ...], *, height: int = 192, width: int =
         max_size=max(height, width), anchor_sizes=(16, 32, 64, 128, 256), box_detections_per_img=100,
         box_head_dim=256, mask_head_channels=64, rpn_post_nms_train=300, rpn_post_nms_test=200,
         box_batch_size_per_image=128)
-    return CMaskTrackConfig(detector=detector, calibration=calibration, calibration_channels=64, track_dim=256)
+    return CMaskTrackConfig(detector=detector, calibration=calibration, calibration_channels=32, track_dim=256,
+                            track_logit_scale=1.0 / 16.0)

@@ -204,7 +204,7 @@ class CMaskTrackRCNN(nn.Module):
         cur_splits = embeddings.split([b.shape[0] for b in pos_boxes])
         ref_splits = ref_embeddings.split([t["boxes"].shape[0] for t in ref_targets])
         for i, (emb, ref_emb) in enumerate(zip(cur_splits, ref_splits)):
-            track_logits.append(track_scores(emb, ref_emb))
+            track_logits.append(track_scores(emb, ref_emb, self.config.track_logit_scale))
             ids = batch.targets[i].instance_ids[pos_matched[i]]
             track_tgts.append(track_targets(ids, batch.ref_targets[i].instance_ids))
         return PairOutputs(rpn_losses, class_logits, box_regression, labels, regression_targets, mask_logits,

@@ -63,7 +63,8 @@ class OnlineTracker:
         self.score_threshold = score_threshold
         self.max_detections = max_detections
         cfg = model.config
-        self.weights = MatchWeights(cfg.match_det_score_weight, cfg.match_iou_weight, cfg.match_label_weight)
+        self.weights = MatchWeights(cfg.match_det_score_weight, cfg.match_iou_weight, cfg.match_label_weight,
+                                   cfg.track_logit_scale)
         self._streams: dict[Hashable, _StreamState] = {}
 
     def reset(self, stream: Hashable) -> None:

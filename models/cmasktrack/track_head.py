@@ -48,9 +48,9 @@ class TrackHead(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-def track_scores(embeddings: torch.Tensor, memory_embeddings: torch.Tensor) -> torch.Tensor:
-    """Logits float[N, M + 1]: a zero "new object" column, then ``embeddings [N, D] · memory_embeddingsᵀ [D, M]``."""
-    dots = embeddings @ memory_embeddings.t()
+def track_scores(embeddings: torch.Tensor, memory_embeddings: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Logits float[N, M + 1]: a zero "new object" column, then ``scale · embeddings [N, D] · memory_embeddingsᵀ``."""
+    dots = (embeddings @ memory_embeddings.t()) * scale
     return torch.cat([dots.new_zeros(dots.shape[0], 1), dots], dim=1)
 
 
@@ -80,6 +80,7 @@ class MatchWeights:
     det_score: float = 1.0
     iou: float = 2.0
     label: float = 10.0
+    logit_scale: float = 1.0  # factor on the appearance logits (``CMaskTrackConfig.track_logit_scale``)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def matching_scores(embeddings: torch.Tensor, boxes_xyxy: torch.Tensor, labels: 
                     det_scores: torch.Tensor, memory: TrackMemory, weights: MatchWeights) -> torch.Tensor:
     """float[N, M + 1] combined scores of N detections against M memory entries (column 0 = new object)."""
     n = embeddings.shape[0]
-    log_p = F.log_softmax(track_scores(embeddings, memory.embeddings), dim=1)
+    log_p = F.log_softmax(track_scores(embeddings, memory.embeddings, weights.logit_scale), dim=1)
     ious = box_iou(boxes_xyxy, memory.boxes_xyxy) if len(memory) else boxes_xyxy.new_zeros(n, 0)
     same = (labels[:, None] == memory.labels[None, :]).to(log_p.dtype)
     ious = torch.cat([ious.new_zeros(n, 1), ious.to(log_p.dtype)], dim=1)
