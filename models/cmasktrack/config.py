@@ -26,6 +26,7 @@ class CMaskTrackConfig:
     dilation_patch: int = 2
     track_dim: int = 1024
     track_logit_scale: float = 1.0
+    track_normalize: bool = False
     track_fg_iou: float = 0.5
     match_det_score_weight: float = 1.0
     match_iou_weight: float = 2.0
@@ -85,4 +86,4 @@ def tiny_config(class_names: tuple[str, ...], *, height: int = 192, width: int =
         box_head_dim=256, mask_head_channels=64, rpn_post_nms_train=300, rpn_post_nms_test=200,
         box_batch_size_per_image=128)
     return CMaskTrackConfig(detector=detector, calibration=calibration, calibration_channels=32, track_dim=256,
-                            track_logit_scale=1.0 / 16.0)
+                            track_logit_scale=10.0, track_normalize=True)

@@ -154,7 +154,8 @@ class CMaskTrackRCNN(nn.Module):
                 config.correlation_backend)
         else:
             self.calibration = None
-        self.track_head = track_head if track_head is not None else TrackHead(channels, config.track_dim)
+        self.track_head = track_head if track_head is not None else TrackHead(
+            channels, config.track_dim, normalize=config.track_normalize)
 
     # ------------------------------------------------------------------ shared pieces
 

@@ -32,10 +32,13 @@ class TrackHead(nn.Module):
         in_channels: C (the FPN width).
         dim: embedding width (1024 in the paper).
         roi_pool: a ``MultiScaleRoIAlign``; default: levels "0"–"3", 7×7, sampling ratio 2.
+        normalize: L2-normalise the embeddings (not in the paper; see ``CMaskTrackConfig.track_normalize``).
     """
 
-    def __init__(self, in_channels: int, dim: int = 1024, roi_pool: MultiScaleRoIAlign | None = None) -> None:
+    def __init__(self, in_channels: int, dim: int = 1024, roi_pool: MultiScaleRoIAlign | None = None,
+                 normalize: bool = False) -> None:
         super().__init__()
+        self.normalize = normalize
         self.roi_pool = roi_pool if roi_pool is not None else MultiScaleRoIAlign(list(FEATURE_LEVELS), 7, 2)
         resolution = self.roi_pool.output_size[0]
         self.fc1 = nn.Linear(in_channels * resolution * resolution, dim)
@@ -45,7 +48,8 @@ class TrackHead(nn.Module):
                 image_sizes: list[tuple[int, int]]) -> torch.Tensor:
         """Embeddings float[ΣNᵢ, dim] for per-image boxes float[Nᵢ, 4] (x1y1x2y2 in input-image pixels)."""
         x = self.roi_pool(features, boxes_xyxy, image_sizes).flatten(1)
-        return self.fc2(F.relu(self.fc1(x)))
+        x = self.fc2(F.relu(self.fc1(x)))
+        return F.normalize(x, dim=1) if self.normalize else x
 
 
 def track_scores(embeddings: torch.Tensor, memory_embeddings: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

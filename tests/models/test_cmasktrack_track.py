@@ -58,6 +58,8 @@ def test_track_head_embeds_each_box():
     boxes = [torch.tensor([[0.0, 0.0, 20.0, 30.0], [40.0, 50.0, 90.0, 120.0]]), torch.zeros(0, 4)]
     out = head(feats, boxes, [(128, 192), (128, 192)])
     assert out.shape == (2, 16)
+    unit = TrackHead(in_channels=4, dim=16, normalize=True)(feats, boxes, [(128, 192), (128, 192)])
+    torch.testing.assert_close(unit.norm(dim=1), torch.ones(2))
 
 
 def test_empty_memory_opens_new_ids_in_detection_order():

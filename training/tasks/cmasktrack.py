@@ -60,6 +60,7 @@ class CMaskTrackTaskConfig:
     dilation_patch: int = 2
     track_dim: int = 256
     track_logit_scale: float = 1.0
+    track_normalize: bool = False
     box_head_dim: int = 256
     mask_head_channels: int = 64
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -112,7 +113,7 @@ class CMaskTrackTaskConfig:
         return CMaskTrackConfig(detector=detector, calibration=self.calibration,
                                 calibration_channels=self.calibration_channels, patch_size=self.patch_size,
                                 dilation_patch=self.dilation_patch, track_dim=self.track_dim,
-                                track_logit_scale=self.track_logit_scale,
+                                track_logit_scale=self.track_logit_scale, track_normalize=self.track_normalize,
                                 correlation_backend=self.correlation_backend)
 
 
