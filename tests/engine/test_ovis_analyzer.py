@@ -25,6 +25,15 @@ LABELS = (1, 2, 1)  # red, green, blue
 SCORES = (0.95, 0.9, 0.85)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Micro models are dominated by per-op overhead; one thread avoids oversubscribing a shared 2-core runner."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def micro_config() -> CMaskTrackConfig:
     detector = MaskRCNNConfig(
         class_names=("a", "b"), backbone="tiny", tiny_widths=(8, 8, 16, 16), fpn_channels=16, min_size=H, max_size=W,

@@ -23,6 +23,15 @@ H, W = 64, 96
 LOSS_KEYS = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask", "loss_track"}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Micro models are dominated by per-op overhead; one thread avoids oversubscribing a shared 2-core runner."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def micro_config(calibration: bool = True) -> CMaskTrackConfig:
     detector = MaskRCNNConfig(
         class_names=("a", "b"), backbone="tiny", tiny_widths=(8, 8, 16, 16), fpn_channels=16, min_size=H, max_size=W,
