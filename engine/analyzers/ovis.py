@@ -4,7 +4,8 @@ Each stream keeps its own track memory and the previous frame's FPN features (th
 frames only); both are dropped in ``on_source_eos``.  ``process`` batches frames of several streams; a frame is
 always calibrated against its own stream's previous frame.  Published objects carry track id, class, score, box,
 visible mask (RLE) and an occlusion-level estimate (``1 − visible area / the track's largest visible area``,
-see ``amodal.models.cmasktrack.online``).
+see ``amodal.models.cmasktrack.online``).  A live stream never ends, so tracks unmatched for
+``TRACK_MAX_AGE_FRAMES`` frames are forgotten (the paper keeps every track of a finite video).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from amodal.engine.preprocess import frame_to_rgb_tensor
 from amodal.models.cmasktrack import LoadedCMaskTrack, OnlineTracker, TrackedFrame
 from amodal.models.cmasktrack.model import load_cmasktrack
 from amodal.types import Frame, FrameResult, ObjectResult
+
+TRACK_MAX_AGE_FRAMES = 300  # ~10 s at 30 fps
 
 
 class OvisAnalyzer(Analyzer):
@@ -38,7 +41,8 @@ class OvisAnalyzer(Analyzer):
         super().start(device)
         model = self.loaded.model.to(device).eval()
         self.tracker = OnlineTracker(model, score_threshold=self.config.score_threshold,
-                                     max_detections=self.config.max_detections)
+                                     max_detections=self.config.max_detections,
+                                     max_age_frames=TRACK_MAX_AGE_FRAMES)
 
     @torch.inference_mode()
     def process(self, frames: Sequence[Frame]) -> list[FrameResult]:

@@ -56,12 +56,16 @@ class OnlineTracker:
         model: a CMaskTrackRCNN (put in eval mode here).
         score_threshold: detections below it are neither tracked nor returned.
         max_detections: at most this many (highest-scoring) detections per frame.
+        max_age_frames: forget tracks unmatched for this many frames (None: the model config's
+            ``track_max_age_frames``; 0: never).
     """
 
-    def __init__(self, model: CMaskTrackRCNN, score_threshold: float = 0.05, max_detections: int = 100) -> None:
+    def __init__(self, model: CMaskTrackRCNN, score_threshold: float = 0.05, max_detections: int = 100,
+                 max_age_frames: int | None = None) -> None:
         self.model = model.eval()
         self.score_threshold = score_threshold
         self.max_detections = max_detections
+        self.max_age_frames = model.config.track_max_age_frames if max_age_frames is None else max_age_frames
         cfg = model.config
         self.weights = MatchWeights(cfg.match_det_score_weight, cfg.match_iou_weight, cfg.match_label_weight,
                                    cfg.track_logit_scale)
@@ -132,5 +136,5 @@ class OnlineTracker:
         areas = masks.flatten(1).sum(dim=1).to(torch.float32)
         match = match_tracks(emb, boxes, labels, scores, state.memory, self.weights)
         state.memory = update_memory(state.memory, match, emb, boxes, labels, areas, state.frame,
-                                     self.model.config.track_max_age_frames)
+                                     self.max_age_frames)
         return TrackedFrame(boxes, scores, labels, masks, match.ids, occlusion_levels(areas, match.ids, state.memory))
