@@ -33,8 +33,6 @@ from amodal.models.cmasktrack.track_head import TrackHead, track_loss, track_sco
 from amodal.models.maskrcnn import build_maskrcnn
 from amodal.models.weights import load_state_strict, load_weights
 
-Features = "OrderedDict[str, torch.Tensor]"
-
 
 @dataclass
 class InstanceTargets:
