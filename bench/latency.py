@@ -166,8 +166,8 @@ def _sample_result(i: int) -> FrameResult:
     rle = RLEMask.encode(mask)
     objs = tuple(
         ObjectResult(1, "person", 0.9, (10.0 + k, 20.0, 60.0, 90.0), rle, track_id=k, occlusion_level=0.2,
-                     embedding=np.zeros(96, np.float16))
-        for k in range(3)
+                     embedding=np.zeros(32, np.float16))
+        for k in range(2)  # two tracked people with masks and short embeddings: a ~1 KB message
     )
     return FrameResult("pub", i, i / 25, time.time_ns(), 128, 128, objs, "bench")
 
