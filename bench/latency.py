@@ -105,36 +105,51 @@ def source_decode_fps(path: Path, threads: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------- engine
-def _run_engine(sources: list[SourceConfig], max_batch_size: int = 8, max_wait_ms: float = 2.0, timeout_s: float = 900) -> dict:
-    """Run the identity engine on ``sources``; returns frames received, wall time and latency samples."""
-    endpoint = _free_endpoint()
-    engine = Engine(EngineConfig(publish=endpoint, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms), analyzer=IdentityAnalyzer()).start()
+def _subscribe_until_ended(endpoint: str, streams: int, timeout_s: float, ready, conn) -> None:
+    """Subscriber process: receive until every stream has ended; send back counts and latencies."""
     sub = Subscriber(endpoint)
-    time.sleep(0.3)
+    ready.set()
     ended: set[str] = set()
     latencies_ms: list[float] = []
-    times_s: list[float] = []
-    received = 0
-    start = time.perf_counter()
-    for s in sources:
-        engine.add_source(s)
+    wall_ns: list[int] = []
     deadline = time.monotonic() + timeout_s
-    while len(ended) < len(sources) and time.monotonic() < deadline:
+    while len(ended) < streams and time.monotonic() < deadline:
         msg = sub.recv(1.0)
         if isinstance(msg, FrameMessage):
             now_ns = time.time_ns()
-            received += 1
             latencies_ms.append((now_ns - msg.result.capture_time_ns) / 1e6)
-            times_s.append(time.perf_counter() - start)
-        elif isinstance(msg, StatusMessage) and msg.event.state in (StreamState.ENDED, StreamState.ERROR) and (
-            msg.event.state == StreamState.ENDED or msg.event.fatal
+            wall_ns.append(now_ns)
+        elif isinstance(msg, StatusMessage) and (
+            msg.event.state == StreamState.ENDED or (msg.event.state == StreamState.ERROR and msg.event.fatal)
         ):
             ended.add(msg.event.stream_id)
-    wall_s = time.perf_counter() - start
-    engine.stop()
+    conn.send({"latency_ms": latencies_ms, "wall_ns": wall_ns, "lost": sum(sub.stats.lost.values())})
     sub.close()
-    return {"received": received, "wall_s": wall_s, "latency_ms": latencies_ms, "t_s": times_s,
-            "lost": sum(sub.stats.lost.values()), "snapshot": engine.snapshot()}
+
+
+def _run_engine(sources: list[SourceConfig], max_batch_size: int = 8, max_wait_ms: float = 2.0, timeout_s: float = 900) -> dict:
+    """Run the identity engine on ``sources`` with a subscriber in its own process (as real subscribers
+    are); returns frames received, wall time and capture → subscriber latency samples."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    endpoint = _free_endpoint()
+    engine = Engine(EngineConfig(publish=endpoint, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms), analyzer=IdentityAnalyzer()).start()
+    ready, (parent, child) = ctx.Event(), ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_subscribe_until_ended, args=(endpoint, len(sources), timeout_s, ready, child), daemon=True)
+    proc.start()
+    ready.wait(60)
+    time.sleep(0.5)  # the subscription reaches the publisher
+    start_ns = time.time_ns()
+    for s in sources:
+        engine.add_source(s)
+    got = parent.recv() if parent.poll(timeout_s + 60) else {"latency_ms": [], "wall_ns": [], "lost": -1}
+    proc.join(10)
+    snapshot = engine.snapshot()
+    engine.stop()
+    wall_s = (max(got["wall_ns"]) - start_ns) / 1e9 if got["wall_ns"] else float("nan")
+    return {"received": len(got["latency_ms"]), "wall_s": wall_s, "latency_ms": got["latency_ms"],
+            "t_s": [(t - start_ns) / 1e9 for t in got["wall_ns"]], "lost": got["lost"], "snapshot": snapshot}
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:

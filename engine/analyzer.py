@@ -24,7 +24,8 @@ class Analyzer(abc.ABC):
 
     @abc.abstractmethod
     def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
-        """One result per frame, in the order of ``frames``."""
+        """One result per frame, in the order of ``frames``, each carrying its frame's ``received_mono_ns``
+        (the engine's latency accounting starts there)."""
 
     def on_source_eos(self, stream_id: str) -> None:
         """Forget the per-stream state of ``stream_id``."""

@@ -215,11 +215,10 @@ class Engine:
         model_ms = (end_ns - start_ns) / 1e6
         queue_ms = [(start_ns - f.received_mono_ns) / 1e6 for f in frames]
         self.metrics.record_batch(collections.Counter(f.stream_id for f in frames), model_ms, queue_ms)
-        timed = [
-            dataclasses.replace(r, stage_ms={**r.stage_ms, "queue": q_ms, "model": model_ms}, received_mono_ns=f.received_mono_ns)
-            for r, f, q_ms in zip(results, frames, queue_ms)
-        ]
-        self.publisher.publish_results(timed)
+        for r, q_ms in zip(results, queue_ms):
+            r.stage_ms["queue"] = q_ms  # each result owns its stage_ms dict; filled in place, no copy per frame
+            r.stage_ms["model"] = model_ms
+        self.publisher.publish_results(results)
 
     def _on_published(self, result: FrameResult) -> None:
         now_ns = time.monotonic_ns()
