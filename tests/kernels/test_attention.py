@@ -8,6 +8,7 @@ from torch import nn
 
 from amodal.errors import KernelUnsupportedError
 from amodal.kernels.attention import MultiheadAttention, attention, attention_reference
+from tests.support.sm90 import SM90_MAX_SHARED_BYTES, aot_compile
 
 # (atol, rtol) for the output and for the gradients, against an fp32 reference on the same (rounded) inputs
 TOLERANCES = {
@@ -292,48 +293,6 @@ def test_gpu_triton_matches_reference(shape, dtype, masked):
 # The interpreter accepts things the GPU compiler rejects (tl.dot dims < 16, shared memory beyond the SM's limit).
 # Compile the kernels ahead of time for sm_90 (H100/H200) with the launchers' own configs; no GPU needed (the wheel's
 # ptxas), run in a subprocess because TRITON_INTERPRET is fixed at import.
-AOT_SCRIPT = r"""
-import json, sys, importlib, triton
-from triton.compiler import ASTSource
-from triton.backends.compiler import GPUTarget
-FP32_PTRS = {"lse_ptr", "delta_ptr", "part_u_ptr", "part_den_ptr", "part_dq_ptr", "out_ptr", "den_ptr"}
-for job in json.loads(sys.argv[1]):
-    fn = getattr(importlib.import_module(job["module"]), job["kernel"])
-    consts = job["constexprs"]
-    sig = {}
-    for name in fn.arg_names:
-        if name in consts: sig[name] = "constexpr"
-        elif name == "mask_ptr": sig[name] = "*u8"
-        elif name in FP32_PTRS: sig[name] = "*fp32"
-        elif name.endswith("_ptr"): sig[name] = "*" + job["dtype"]
-        elif name.startswith("scale"): sig[name] = "fp32"
-        else: sig[name] = "i32"
-    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
-    print(json.dumps({"kernel": job["kernel"], "dtype": job["dtype"], "shared": compiled.metadata.shared}), flush=True)
-"""
-SM90_MAX_SHARED_BYTES = 232448  # 227 KiB per block on H100/H200
-
-
-def _aot_compile(jobs: list[dict], cache_dir) -> list[dict]:
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("triton's bundled ptxas is missing")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(cache_dir)
-    proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT, json.dumps(jobs)], env=env, capture_output=True,
-                          text=True, timeout=280)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-
-
 def test_kernels_compile_for_sm90_within_shared_memory(tmp_path):
     from amodal.kernels.attention import _launch_configs
 
@@ -351,7 +310,7 @@ def test_kernels_compile_for_sm90_within_shared_memory(tmp_path):
                 cfg.update(HAS_MASK=True, UPCAST=False, PRECISION=precision)
             jobs.append({"module": "amodal.kernels.attention", "kernel": kernels[name], "dtype": dtype,
                          "constexprs": cfg, **launch})
-    results = _aot_compile(jobs, tmp_path)
+    results = aot_compile(jobs, tmp_path)
     assert len(results) == len(jobs)
     for result in results:
         assert 0 < result["shared"] <= SM90_MAX_SHARED_BYTES, result
