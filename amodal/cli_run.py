@@ -16,7 +16,7 @@ import sys
 import threading
 
 from amodal.engine.analyzers import ANALYZER_NAMES
-from amodal.engine.config import AnalyzerConfig, EngineConfig
+from amodal.engine.config import EngineConfig
 from amodal.errors import EngineError
 from amodal.streams.base import SourceConfig
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import av
-import numpy as np
 
 from amodal.draw import draw_result
 from amodal.engine.config import AnalyzerConfig, EngineConfig

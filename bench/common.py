@@ -5,7 +5,9 @@ import json
 import os
 import platform
 import subprocess
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,37 @@ def save_figure(fig, out_dir: str | Path, name: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def time_cpu_ms(steps: dict[str, Callable[[], Any]], reps: int) -> dict[str, tuple[float, float, float]]:
+    """Round-robin over the methods (so a busy shared CPU slows them alike); (p50, p20, p80) ms per method."""
+    for step in steps.values():
+        step()  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    out = {}
+    for name, values in samples.items():
+        values.sort()
+        out[name] = (statistics.median(values), values[len(values) // 5], values[(4 * len(values)) // 5])
+    return out
+
+
+def time_gpu_ms(steps: dict[str, Callable[[], Any]]) -> dict[str, tuple[float, float, float] | str]:
+    """``triton.testing.do_bench`` per method, (p50, p20, p80) ms; a method that raises (say a forced SDPA
+    backend refusing the shape, or out of memory) gets its error message instead."""
+    import torch
+    import triton.testing
+
+    out: dict[str, tuple[float, float, float] | str] = {}
+    for name, step in steps.items():
+        try:
+            p50, p20, p80 = triton.testing.do_bench(step, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+            out[name] = (p50, p20, p80)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            out[name] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            torch.cuda.empty_cache()
+    return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
-import statistics
 import subprocess
 import threading
 import time

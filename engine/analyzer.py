@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from amodal.types import Frame, FrameResult
+from amodal.types import Frame, FrameResult, ObjectResult
 
 
 class Analyzer(abc.ABC):
@@ -26,6 +26,20 @@ class Analyzer(abc.ABC):
     def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
         """One result per frame, in the order of ``frames``, each carrying its frame's ``received_mono_ns``
         (the engine's latency accounting starts there)."""
+
+    def result(self, frame: Frame, objects: tuple[ObjectResult, ...] = ()) -> FrameResult:
+        """The ``FrameResult`` of ``frame`` carrying ``objects`` (stream, index, timestamps and size copied)."""
+        return FrameResult(
+            stream_id=frame.stream_id,
+            frame_index=frame.index,
+            pts_s=frame.pts_s,
+            capture_time_ns=frame.capture_time_ns,
+            width=frame.width,
+            height=frame.height,
+            objects=objects,
+            analyzer=self.name,
+            received_mono_ns=frame.received_mono_ns,
+        )
 
     def on_source_eos(self, stream_id: str) -> None:
         """Forget the per-stream state of ``stream_id``."""

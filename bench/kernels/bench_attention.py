@@ -10,15 +10,13 @@ CPU: the CPU path (torch SDPA) vs the eager reference at small sizes, fp32.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from amodal.bench.common import new_figure, save_figure, write_results
+from amodal.bench.common import new_figure, save_figure, time_cpu_ms, time_gpu_ms, write_results
 from amodal.kernels.attention import attention
 
 DENSE_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
@@ -88,38 +86,6 @@ def _step(fn: Callable, q, k, v, grad_out, with_backward: bool) -> Callable[[], 
     return lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad_out)
 
 
-def _time_cpu_ms(steps: dict[str, Callable[[], Any]], reps: int) -> dict[str, tuple[float, float, float]]:
-    """Round-robin over the methods (so a busy shared CPU slows them alike); (p50, p20, p80) ms per method."""
-    for step in steps.values():
-        step()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, values in samples.items():
-        values.sort()
-        out[name] = (statistics.median(values), values[len(values) // 5], values[(4 * len(values)) // 5])
-    return out
-
-
-def _time_gpu_ms(steps: dict[str, Callable[[], Any]]) -> dict[str, tuple[float, float, float] | str]:
-    """triton.testing.do_bench per method; a method that raises (a forced SDPA backend refusing) gets its error."""
-    import triton.testing
-
-    out: dict[str, tuple[float, float, float] | str] = {}
-    for name, step in steps.items():
-        try:
-            p50, p20, p80 = triton.testing.do_bench(step, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
-            out[name] = (p50, p20, p80)
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-            out[name] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            torch.cuda.empty_cache()
-    return out
-
-
 def _measure(device: str, shapes: list[tuple[str, int, int, int, int, int]], reps: int) -> list[dict[str, Any]]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     peak = _peak_tflops(torch.cuda.get_device_name(0)) if device == "cuda" else None
@@ -131,7 +97,7 @@ def _measure(device: str, shapes: list[tuple[str, int, int, int, int, int]], rep
         grad_out = torch.randn(batch, heads, len_q, dim, generator=gen).to(device, dtype)
         for with_backward in (False, True):
             steps = {name: _step(fn, q, k, v, grad_out, with_backward) for name, fn in _methods(device).items()}
-            timings = _time_gpu_ms(steps) if device == "cuda" else _time_cpu_ms(steps, reps)
+            timings = time_gpu_ms(steps) if device == "cuda" else time_cpu_ms(steps, reps)
             for name, timing in timings.items():
                 row: dict[str, Any] = {"shape": label, "batch": batch, "heads": heads, "len_q": len_q,
                                        "len_k": len_k, "head_dim": dim, "dtype": str(dtype).replace("torch.", ""),

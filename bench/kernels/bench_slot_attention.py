@@ -9,14 +9,12 @@ eager/ours ratio. CPU: the CPU path vs the eager reference at small sizes, fp32.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from amodal.bench.common import new_figure, save_figure, write_results
+from amodal.bench.common import new_figure, save_figure, time_cpu_ms, time_gpu_ms, write_results
 from amodal.kernels.slot_attention import slot_attention
 
 HBM_PEAK_GBPS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0}
@@ -54,37 +52,6 @@ def _bytes(batch: int, slots: int, inputs: int, dim: int, elem: int, with_backwa
     return forward + (backward if with_backward else 0)
 
 
-def _time_cpu_ms(steps: dict[str, Callable[[], Any]], reps: int) -> dict[str, tuple[float, float, float]]:
-    """Round-robin over the methods (so a busy shared CPU slows them alike); (p50, p20, p80) ms per method."""
-    for step in steps.values():
-        step()
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, values in samples.items():
-        values.sort()
-        out[name] = (statistics.median(values), values[len(values) // 5], values[(4 * len(values)) // 5])
-    return out
-
-
-def _time_gpu_ms(steps: dict[str, Callable[[], Any]]) -> dict[str, tuple[float, float, float] | str]:
-    import triton.testing
-
-    out: dict[str, tuple[float, float, float] | str] = {}
-    for name, step in steps.items():
-        try:
-            p50, p20, p80 = triton.testing.do_bench(step, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
-            out[name] = (p50, p20, p80)
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-            out[name] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            torch.cuda.empty_cache()
-    return out
-
-
 def _measure(device: str, batch: int, slots: int, inputs_list: list[int], dims: list[int], reps: int):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     elem = torch.finfo(dtype).bits // 8
@@ -107,7 +74,7 @@ def _measure(device: str, batch: int, slots: int, inputs_list: list[int], dims: 
                         steps[name] = (lambda f=fn: torch.autograd.grad(f(q, k, v), (q, k, v), grad_out))
                     else:
                         steps[name] = (lambda f=fn: f(q, k, v))
-                timings = _time_gpu_ms(steps) if device == "cuda" else _time_cpu_ms(steps, reps)
+                timings = time_gpu_ms(steps) if device == "cuda" else time_cpu_ms(steps, reps)
                 for name, timing in timings.items():
                     row: dict[str, Any] = {"batch": batch, "slots": slots, "inputs": num_inputs, "dim": dim,
                                            "dtype": str(dtype).replace("torch.", ""),

@@ -11,16 +11,4 @@ class IdentityAnalyzer(Analyzer):
     name = "identity"
 
     def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
-        return [
-            FrameResult(
-                stream_id=f.stream_id,
-                frame_index=f.index,
-                pts_s=f.pts_s,
-                capture_time_ns=f.capture_time_ns,
-                width=f.width,
-                height=f.height,
-                analyzer=self.name,
-                received_mono_ns=f.received_mono_ns,
-            )
-            for f in frames
-        ]
+        return [self.result(f) for f in frames]

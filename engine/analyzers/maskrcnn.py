@@ -1,6 +1,7 @@
 """``maskrcnn``: torchvision Mask R-CNN with weights from a local file (no download), masks end to end."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +22,7 @@ class MaskRCNNAnalyzer(Analyzer):
         if loaded is None and not config.weights:
             from amodal.pretrained import default_weights
 
-            config = AnalyzerConfig(**{**config.__dict__, "weights": str(default_weights("maskrcnn"))})
+            config = dataclasses.replace(config, weights=str(default_weights("maskrcnn")))
         if loaded is None and not config.weights:
             raise ConfigError("the maskrcnn analyzer needs --weights PATH (a local file)")
         self.config = config
@@ -55,14 +56,4 @@ class MaskRCNNAnalyzer(Analyzer):
             )
             for box, score, label, mask in zip(boxes, scores, labels, masks)
         )
-        return FrameResult(
-            stream_id=frame.stream_id,
-            frame_index=frame.index,
-            pts_s=frame.pts_s,
-            capture_time_ns=frame.capture_time_ns,
-            width=frame.width,
-            height=frame.height,
-            objects=objects,
-            analyzer=self.name,
-            received_mono_ns=frame.received_mono_ns,
-        )
+        return self.result(frame, objects)

@@ -9,6 +9,7 @@ see ``amodal.models.cmasktrack.online``).  A live stream never ends, so tracks u
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -31,7 +32,7 @@ class OvisAnalyzer(Analyzer):
         if loaded is None and not config.weights:
             from amodal.pretrained import default_weights
 
-            config = AnalyzerConfig(**{**config.__dict__, "weights": str(default_weights("ovis"))})
+            config = dataclasses.replace(config, weights=str(default_weights("ovis")))
         self.config = config
         self.loaded = loaded if loaded is not None else load_cmasktrack(config.weights)  # CheckpointError if bad
         self.class_names = self.loaded.config.class_names
@@ -72,6 +73,4 @@ class OvisAnalyzer(Analyzer):
                 t.boxes_xyxy.cpu().tolist(), t.scores.cpu().tolist(), t.labels.cpu().tolist(), masks,
                 t.track_ids.cpu().tolist(), t.occlusion_levels.cpu().tolist())
         )
-        return FrameResult(stream_id=frame.stream_id, frame_index=frame.index, pts_s=frame.pts_s,
-                           capture_time_ns=frame.capture_time_ns, width=frame.width, height=frame.height,
-                           objects=objects, analyzer=self.name, received_mono_ns=frame.received_mono_ns)
+        return self.result(frame, objects)

@@ -1,7 +1,6 @@
 """The engine end to end over real loopback ZeroMQ sockets, with in-memory sources."""
 from __future__ import annotations
 
-import threading
 import time
 
 import msgpack

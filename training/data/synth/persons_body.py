@@ -126,7 +126,6 @@ def body_parts(ident: Identity, view: str, phase: float) -> list[BodyPart]:
     swing = 0.10 * math.sin(phase) if side else 0.025 * math.sin(phase)
     skin, lower_paint = _solid(ident.skin), ident.lower
     parts_back: list[BodyPart] = []
-    parts: list[BodyPart] = []
 
     # bag behind the body (front view backpack hidden except rims; side view backpack behind torso)
     if ident.bag == "backpack" and view in ("front", "side"):
