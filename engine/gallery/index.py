@@ -1,0 +1,244 @@
+"""``VectorIndex``: int64-keyed unit vectors with inner-product (cosine) search through faiss.
+
+Exact (``IndexIDMap(IndexFlatIP)``) up to ``exact_max_vectors`` vectors, ``IndexIVFFlat`` beyond
+(config.py says why IVF).  The index keeps its own copy of every vector (float32[N, D] rows), so it can
+retrain the IVF as the gallery grows, switch kinds, and hand the vectors to persistence.  Changes are
+recorded and applied to faiss lazily, on the next ``search`` — per-frame refinements of a live track's
+vector then cost one row write each, not one faiss removal each.
+
+On a GPU (faiss built with GPU support and a CUDA device present) searches run on a GPU copy of the
+index, re-copied from the CPU index after changes; the CPU index stays the one that is modified.
+
+Not thread-safe: ``Gallery`` holds its lock around every call.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from amodal.engine.gallery.config import GalleryConfig
+from amodal.errors import ConfigError, SchemaError
+
+log = logging.getLogger(__name__)
+
+_ADD_CHUNK = 65536
+
+
+def faiss_gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees at least one CUDA device."""
+    return hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def resolve_device(preference: str) -> str:
+    """``auto`` → ``cuda`` when faiss can use a GPU, else ``cpu``; ``cuda`` without one → ``ConfigError``."""
+    if preference == "cpu":
+        return "cpu"
+    if faiss_gpu_available():
+        return "cuda"
+    if preference == "cuda":
+        raise ConfigError(
+            f"gallery device 'cuda' requested but faiss {faiss.__version__} has no GPU support or sees no CUDA device"
+        )
+    return "cpu"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    kind: str  # "exact" | "ivf"
+    device: str  # "cpu" | "cuda"
+    vectors: int
+    nlist: int  # 0 for the exact index
+    nprobe: int  # 0 for the exact index
+    rebuilds: int  # IVF (re)trainings and kind switches so far
+
+
+class VectorIndex:
+    def __init__(self, config: GalleryConfig) -> None:
+        self.config = config
+        self.dim = config.dim
+        self.device = resolve_device(config.device)
+        self._ids = np.empty(0, dtype=np.int64)
+        self._vectors = np.empty((0, self.dim), dtype=np.float32)
+        self._in_faiss = np.empty(0, dtype=bool)  # row is present in the faiss index as stored
+        self._count = 0
+        self._row_of: dict[int, int] = {}
+        self._to_add: set[int] = set()  # ids whose current row must be added to faiss
+        self._to_remove: set[int] = set()  # ids present in faiss with an outdated or deleted vector
+        self.kind = "exact"
+        self._index = self._new_exact()
+        self._quantizer = None
+        self._trained_at = 0  # vector count the IVF was trained at
+        self._nlist = 0
+        self.rebuilds = 0
+        self._gpu_resources = faiss.StandardGpuResources() if self.device == "cuda" else None
+        self._gpu_index = None
+        self._gpu_ids: np.ndarray | None = None  # GPU exact index position → id
+        self._gpu_stale = True
+
+    # ------------------------------------------------------------------------------------- contents
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, vector_id: int) -> bool:
+        return int(vector_id) in self._row_of
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Insert or overwrite ``vectors`` float32[M, D] under ``ids`` int64[M]."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        if vectors.shape[1] != self.dim:
+            raise SchemaError(f"vectors have dimension {vectors.shape[1]}, the index holds {self.dim}")
+        self._reserve(self._count + len(ids))
+        for vector_id, vector in zip(ids.tolist(), vectors):
+            row = self._row_of.get(vector_id)
+            if row is None:
+                row = self._count
+                self._count += 1
+                self._row_of[vector_id] = row
+                self._ids[row] = vector_id
+                self._in_faiss[row] = False
+            elif self._in_faiss[row]:
+                self._to_remove.add(vector_id)
+                self._in_faiss[row] = False
+            self._vectors[row] = vector
+            self._to_add.add(vector_id)
+
+    def remove(self, ids) -> None:
+        """Forget ``ids`` (unknown ids are ignored)."""
+        for vector_id in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
+            row = self._row_of.pop(vector_id, None)
+            if row is None:
+                continue
+            if self._in_faiss[row]:
+                self._to_remove.add(vector_id)
+            self._to_add.discard(vector_id)
+            last = self._count - 1
+            if row != last:  # move the last row into the hole
+                moved = int(self._ids[last])
+                self._ids[row] = moved
+                self._vectors[row] = self._vectors[last]
+                self._in_faiss[row] = self._in_faiss[last]
+                self._row_of[moved] = row
+            self._count = last
+
+    def vectors(self, ids) -> np.ndarray:
+        """float32[M, D] stored under ``ids`` (each must be present)."""
+        rows = [self._row_of[int(i)] for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        return self._vectors[rows].copy()
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64[N], vectors float32[N, D]) copies of everything stored."""
+        return self._ids[: self._count].copy(), self._vectors[: self._count].copy()
+
+    def stats(self) -> IndexStats:
+        ivf = self.kind == "ivf"
+        return IndexStats(self.kind, self.device, self._count, self._nlist if ivf else 0,
+                          int(self._index.nprobe) if ivf else 0, self.rebuilds)
+
+    # --------------------------------------------------------------------------------------- search
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` inner products of ``queries`` float32[N, D]: (similarities float32[N, k'], ids int64[N, k'])
+        best first, ``k' = min(k, len(self))``; id -1 marks a slot the IVF found no vector for."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise SchemaError(f"queries have shape {queries.shape}, expected [N, {self.dim}]")
+        k = min(int(k), self._count)
+        if k <= 0 or len(queries) == 0:
+            return np.empty((len(queries), 0), dtype=np.float32), np.empty((len(queries), 0), dtype=np.int64)
+        self.flush()
+        if self.device == "cuda":
+            return self._search_gpu(queries, k)
+        sims, ids = self._index.search(queries, k)
+        return sims, ids
+
+    def flush(self) -> None:
+        """Apply recorded changes to faiss, switching kind or retraining the IVF when the size calls for it."""
+        if self._needs_rebuild():
+            self._rebuild()
+            return
+        if not self._to_add and not self._to_remove:
+            return
+        if self._to_remove:
+            removing = np.fromiter(self._to_remove, dtype=np.int64, count=len(self._to_remove))
+            selector = faiss.IDSelectorArray(removing) if self.kind == "ivf" else faiss.IDSelectorBatch(removing)
+            self._index.remove_ids(selector)
+            self._to_remove.clear()
+        if self._to_add:
+            rows = np.fromiter((self._row_of[i] for i in self._to_add), dtype=np.int64, count=len(self._to_add))
+            rows.sort()
+            self._add_rows(rows)
+            self._to_add.clear()
+        self._gpu_stale = True
+
+    # ------------------------------------------------------------------------------------ internals
+    def _reserve(self, needed: int) -> None:
+        capacity = len(self._ids)
+        if needed <= capacity:
+            return
+        capacity = max(needed, 2 * capacity, 64)
+        ids = np.empty(capacity, dtype=np.int64)
+        vectors = np.empty((capacity, self.dim), dtype=np.float32)
+        in_faiss = np.zeros(capacity, dtype=bool)
+        ids[: self._count] = self._ids[: self._count]
+        vectors[: self._count] = self._vectors[: self._count]
+        in_faiss[: self._count] = self._in_faiss[: self._count]
+        self._ids, self._vectors, self._in_faiss = ids, vectors, in_faiss
+
+    def _needs_rebuild(self) -> bool:
+        n, cfg = self._count, self.config
+        if self.kind == "exact":
+            return n > cfg.exact_max_vectors
+        return n <= cfg.exact_max_vectors // 2 or n >= self._trained_at * cfg.ivf_rebuild_growth
+
+    def _new_exact(self):
+        return faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
+
+    def _rebuild(self) -> None:
+        n, cfg = self._count, self.config
+        if n > cfg.exact_max_vectors:
+            self._nlist = cfg.nlist_for(n)
+            sample = self._vectors[:n]
+            train_n = min(n, self._nlist * cfg.ivf_train_per_list)
+            if train_n < n:
+                rows = np.random.default_rng(n).choice(n, size=train_n, replace=False)
+                rows.sort()
+                sample = sample[rows]
+            quantizer = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexIVFFlat(quantizer, self.dim, self._nlist, faiss.METRIC_INNER_PRODUCT)
+            index.train(np.ascontiguousarray(sample))
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)  # cheap removal of single ids
+            index.nprobe = min(cfg.ivf_nprobe, self._nlist)
+            self._quantizer, self._index, self.kind, self._trained_at = quantizer, index, "ivf", n
+            log.info("gallery index: IVF with %d lists trained on %d of %d vectors", self._nlist, train_n, n)
+        else:
+            self._quantizer, self._index, self.kind, self._trained_at = None, self._new_exact(), "exact", 0
+        self._in_faiss[:n] = False
+        self._add_rows(np.arange(n, dtype=np.int64))
+        self._to_add.clear()
+        self._to_remove.clear()
+        self.rebuilds += 1
+        self._gpu_stale = True
+
+    def _add_rows(self, rows: np.ndarray) -> None:
+        for start in range(0, len(rows), _ADD_CHUNK):
+            chunk = rows[start : start + _ADD_CHUNK]
+            self._index.add_with_ids(np.ascontiguousarray(self._vectors[chunk]), np.ascontiguousarray(self._ids[chunk]))
+            self._in_faiss[chunk] = True
+
+    def _search_gpu(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._gpu_stale or self._gpu_index is None:
+            if self.kind == "ivf":  # GPU IVF lists keep the ids
+                self._gpu_index, self._gpu_ids = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._index), None
+            else:  # GPU flat index addressed by position
+                flat = faiss.IndexFlatIP(self.dim)
+                flat.add(np.ascontiguousarray(self._vectors[: self._count]))
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, flat)
+                self._gpu_ids = self._ids[: self._count].copy()
+            self._gpu_stale = False
+        sims, found = self._gpu_index.search(queries, k)
+        if self._gpu_ids is not None:
+            found = np.where(found >= 0, self._gpu_ids[np.clip(found, 0, None)], -1)
+        return sims, found
