@@ -25,7 +25,7 @@ class GalleryConfig:
     match_threshold: float = 0.6  # cosine similarity a new track needs to join an existing identity
     min_observations: int = 3  # frames with quality > 0 before a track gets an identity
     exact_max_vectors: int = 50_000  # exact IndexFlatIP up to this many stored vectors, IVF beyond
-    ivf_nlist: int = 0  # IVF lists; 0 = 4·sqrt(N) at each (re)build (always at most N/8 and 65536)
+    ivf_nlist: int = 0  # IVF lists; 0 = 4·sqrt(N) at each (re)build (at most N/39, faiss's minimum training points per list)
     ivf_nprobe: int = 32  # lists visited per query (more = better recall, slower)
     ivf_rebuild_growth: float = 2.0  # retrain the IVF once the vector count has grown by this factor
     ivf_train_per_list: int = 64  # training vectors per list (a random subset of the exact vectors)
@@ -61,9 +61,9 @@ class GalleryConfig:
             raise ConfigError(f"gallery device must be one of {DEVICES}, got {self.device!r}")
 
     def nlist_for(self, num_vectors: int) -> int:
-        """IVF lists for an index of ``num_vectors`` vectors (never more than vectors / 8)."""
+        """IVF lists for an index of ``num_vectors`` vectors (never more than vectors / 39)."""
         nlist = self.ivf_nlist or int(4 * math.sqrt(max(num_vectors, 1)))
-        return max(1, min(nlist, 65536, max(num_vectors // 8, 1)))
+        return max(1, min(nlist, 65536, num_vectors // 39))
 
 
 def _positive_int(name: str, value) -> None:
