@@ -8,6 +8,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("amodal.cli_run", "run attached sources through an analyzer and publish results"),
     "subscribe": ("amodal.cli_subscribe", "print published results, one JSON line per message"),
+    "query": ("amodal.cli_query", "search an engine's person gallery by embedding or image"),
     "bench": ("amodal.bench.cli", "benchmarks: latency, kernels"),
     "data": ("amodal.training.data.cli", "synthetic occlusion datasets and dataset tools"),
     "eval": ("amodal.training.evaluation.cli", "standard evaluators (coco, vis, amodal, reid, layers)"),
