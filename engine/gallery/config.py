@@ -29,6 +29,7 @@ class GalleryConfig:
     ivf_nprobe: int = 32  # lists visited per query (more = better recall, slower)
     ivf_rebuild_growth: float = 2.0  # retrain the IVF once the vector count has grown by this factor
     ivf_train_per_list: int = 64  # training vectors per list (a random subset of the exact vectors)
+    ivf_train_iterations: int = 10  # k-means iterations of the IVF training (faiss's default is 25)
     max_sightings_per_identity: int = 32  # oldest ended sightings (and their vectors) dropped beyond this
     track_timeout_s: float = 120.0  # a track not updated for this long (its stream's time) counts as ended
     persist_path: str | None = None  # where ``save()`` writes; None = only explicit ``save(path)``
@@ -46,6 +47,7 @@ class GalleryConfig:
             raise ConfigError(f"gallery ivf_nlist must be an int >= 0 (0 = automatic), got {self.ivf_nlist!r}")
         _positive_int("ivf_nprobe", self.ivf_nprobe)
         _positive_int("ivf_train_per_list", self.ivf_train_per_list)
+        _positive_int("ivf_train_iterations", self.ivf_train_iterations)
         _positive_int("max_sightings_per_identity", self.max_sightings_per_identity)
         if not isinstance(self.ivf_rebuild_growth, (int, float)) or not self.ivf_rebuild_growth > 1.0:
             raise ConfigError(f"gallery ivf_rebuild_growth must be > 1, got {self.ivf_rebuild_growth!r}")

@@ -156,6 +156,14 @@ class VectorIndex:
         """(ids int64[N], vectors float32[N, D]) copies of everything stored."""
         return self._ids[: self._count].copy(), self._vectors[: self._count].copy()
 
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF lists visited per query from now on (the next rebuild goes back to ``config.ivf_nprobe``)."""
+        if not isinstance(nprobe, int) or nprobe < 1:
+            raise ConfigError(f"nprobe must be an int >= 1, got {nprobe!r}")
+        if self.kind == "ivf":
+            self._index.nprobe = min(nprobe, self._nlist)
+            self._gpu_stale = True
+
     def stats(self) -> IndexStats:
         ivf = self.kind == "ivf"
         return IndexStats(self.kind, self.device, self._count, self._nlist if ivf else 0,
@@ -236,6 +244,7 @@ class VectorIndex:
                 sample = sample[rows]
             quantizer = faiss.IndexFlatIP(self.dim)
             index = faiss.IndexIVFFlat(quantizer, self.dim, self._nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.niter = cfg.ivf_train_iterations
             index.train(np.ascontiguousarray(sample))
             index.set_direct_map_type(faiss.DirectMap.Hashtable)  # cheap removal of single ids
             index.nprobe = min(cfg.ivf_nprobe, self._nlist)
