@@ -76,7 +76,7 @@ def bench_size(n: int, args) -> dict:
     start = time.perf_counter()
     approx = VectorIndex(config)
     approx.upsert(ids, data)
-    approx.flush()  # trains the IVF and adds everything
+    approx.flush(wait=True)  # trains the IVF and adds everything
     approx_build_s = time.perf_counter() - start
     del data
 

@@ -30,6 +30,7 @@ class GalleryConfig:
     ivf_rebuild_growth: float = 2.0  # retrain the IVF once the vector count has grown by this factor
     ivf_train_per_list: int = 64  # training vectors per list (a random subset of the exact vectors)
     ivf_train_iterations: int = 10  # k-means iterations of the IVF training (faiss's default is 25)
+    ivf_background_build: bool = True  # train IVFs in a thread while the current index keeps answering
     max_sightings_per_identity: int = 32  # oldest ended sightings (and their vectors) dropped beyond this
     track_timeout_s: float = 120.0  # a track not updated for this long (its stream's time) counts as ended
     persist_path: str | None = None  # where ``save()`` writes; None = only explicit ``save(path)``
@@ -59,6 +60,8 @@ class GalleryConfig:
             raise ConfigError(f"gallery persist_path must be a non-empty path or None, got {self.persist_path!r}")
         if self.save_interval_s > 0 and self.persist_path is None:
             raise ConfigError(f"gallery save_interval_s={self.save_interval_s} needs a persist_path to autosave to")
+        if not isinstance(self.ivf_background_build, bool):
+            raise ConfigError(f"gallery ivf_background_build must be a bool, got {self.ivf_background_build!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"gallery device must be one of {DEVICES}, got {self.device!r}")
 

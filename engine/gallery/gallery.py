@@ -156,6 +156,7 @@ class Gallery:
                 "ivf_nlist": index.nlist,
                 "ivf_nprobe": index.nprobe,
                 "index_rebuilds": index.rebuilds,
+                "index_building": index.building,
                 "dim": self.config.dim,
                 "path": None if self.path is None else str(self.path),
                 "saves": self.saves,

@@ -4,7 +4,9 @@ Exact (``IndexIDMap(IndexFlatIP)``) up to ``exact_max_vectors`` vectors, ``Index
 (config.py says why IVF).  The index keeps its own copy of every vector (float32[N, D] rows), so it can
 retrain the IVF as the gallery grows, switch kinds, and hand the vectors to persistence.  Changes are
 recorded and applied to faiss lazily, on the next ``search`` — per-frame refinements of a live track's
-vector then cost one row write each, not one faiss removal each.
+vector then cost one row write each, not one faiss removal each.  Training an IVF (seconds at 100k
+vectors, minutes at 1M on a small CPU) runs in a background thread on a snapshot while the current
+index keeps answering; changes made meanwhile are replayed onto the new IVF when it is swapped in.
 
 On a GPU (faiss built with GPU support and a CUDA device present) searches run on a GPU copy of the
 index, re-copied from the CPU index after changes; the CPU index stays the one that is modified.
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -76,6 +79,47 @@ class IndexStats:
     nlist: int  # 0 for the exact index
     nprobe: int  # 0 for the exact index
     rebuilds: int  # IVF (re)trainings and kind switches so far
+    building: bool  # an IVF is being trained in the background
+
+
+@dataclass(slots=True)
+class BuiltIvf:
+    index: faiss.IndexIVFFlat  # holds every vector given to ``build_ivf``
+    quantizer: faiss.IndexFlatIP  # kept referenced for the index's lifetime
+    nlist: int
+    trained_on: int
+
+
+def build_ivf(ids: np.ndarray, vectors: np.ndarray, config: GalleryConfig) -> BuiltIvf:
+    """Train an ``IndexIVFFlat`` (inner product, hashtable direct map for cheap removals) on a random
+    subset of ``vectors`` float32[N, D] and add them all under ``ids`` int64[N]."""
+    n = len(ids)
+    nlist = config.nlist_for(n)
+    train_n = min(n, nlist * config.ivf_train_per_list)
+    sample = vectors
+    if train_n < n:
+        rows = np.random.default_rng(n).choice(n, size=train_n, replace=False)
+        rows.sort()
+        sample = vectors[rows]
+    quantizer = faiss.IndexFlatIP(config.dim)
+    index = faiss.IndexIVFFlat(quantizer, config.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = config.ivf_train_iterations
+    index.train(np.ascontiguousarray(sample))
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    index.nprobe = min(config.ivf_nprobe, nlist)
+    for start in range(0, n, _ADD_CHUNK):
+        index.add_with_ids(np.ascontiguousarray(vectors[start : start + _ADD_CHUNK]),
+                           np.ascontiguousarray(ids[start : start + _ADD_CHUNK], dtype=np.int64))
+    return BuiltIvf(index, quantizer, nlist, train_n)
+
+
+@dataclass(slots=True)
+class _BackgroundBuild:
+    snapshot_ids: np.ndarray  # int64[N], the ids the build holds
+    changed: set[int] = field(default_factory=set)  # ids upserted or removed since the snapshot
+    thread: threading.Thread | None = None
+    result: BuiltIvf | None = None
+    error: Exception | None = None
 
 
 class VectorIndex:
@@ -100,6 +144,7 @@ class VectorIndex:
         self._gpu_index = None
         self._gpu_ids: np.ndarray | None = None  # GPU exact index position → id
         self._gpu_stale = True
+        self._build: _BackgroundBuild | None = None
 
     # ------------------------------------------------------------------------------------- contents
     def __len__(self) -> int:
@@ -115,6 +160,8 @@ class VectorIndex:
         if vectors.shape[1] != self.dim:
             raise SchemaError(f"vectors have dimension {vectors.shape[1]}, the index holds {self.dim}")
         self._reserve(self._count + len(ids))
+        if self._build is not None:
+            self._build.changed.update(ids.tolist())
         for vector_id, vector in zip(ids.tolist(), vectors):
             row = self._row_of.get(vector_id)
             if row is None:
@@ -135,6 +182,8 @@ class VectorIndex:
             row = self._row_of.pop(vector_id, None)
             if row is None:
                 continue
+            if self._build is not None:
+                self._build.changed.add(vector_id)
             if self._in_faiss[row]:
                 self._to_remove.add(vector_id)
             self._to_add.discard(vector_id)
@@ -167,7 +216,7 @@ class VectorIndex:
     def stats(self) -> IndexStats:
         ivf = self.kind == "ivf"
         return IndexStats(self.kind, self.device, self._count, self._nlist if ivf else 0,
-                          int(self._index.nprobe) if ivf else 0, self.rebuilds)
+                          int(self._index.nprobe) if ivf else 0, self.rebuilds, self._build is not None)
 
     # --------------------------------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,11 +235,24 @@ class VectorIndex:
             sims, ids = self._index.search(queries, k)
         return sims, ids
 
-    def flush(self) -> None:
-        """Apply recorded changes to faiss, switching kind or retraining the IVF when the size calls for it."""
-        if self._needs_rebuild():
-            self._rebuild()
-            return
+    def flush(self, wait: bool = False) -> None:
+        """Apply recorded changes to faiss, switching kind or retraining the IVF when the size calls for it.
+
+        With ``config.ivf_background_build`` an IVF is trained in a background thread while the current
+        index keeps answering (exactly, for the exact one); it is swapped in by the first ``flush`` after
+        it is ready, or by this one with ``wait``.
+        """
+        if self._build is not None and (wait or not self._build.thread.is_alive()):
+            self._build.thread.join()
+            self._finish_background_build()
+        if self._build is None and self._needs_rebuild():
+            if self._count > self.config.exact_max_vectors and self.config.ivf_background_build:
+                self._start_background_build()
+                if wait:
+                    self._build.thread.join()
+                    self._finish_background_build()
+            else:
+                self._rebuild()
         if not self._to_add and not self._to_remove:
             return
         with faiss_threads(1 if len(self._to_add) < _SMALL_ADD else None):
@@ -233,31 +295,66 @@ class VectorIndex:
         return faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
 
     def _rebuild(self) -> None:
-        n, cfg = self._count, self.config
-        if n > cfg.exact_max_vectors:
-            self._nlist = cfg.nlist_for(n)
-            sample = self._vectors[:n]
-            train_n = min(n, self._nlist * cfg.ivf_train_per_list)
-            if train_n < n:
-                rows = np.random.default_rng(n).choice(n, size=train_n, replace=False)
-                rows.sort()
-                sample = sample[rows]
-            quantizer = faiss.IndexFlatIP(self.dim)
-            index = faiss.IndexIVFFlat(quantizer, self.dim, self._nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.niter = cfg.ivf_train_iterations
-            index.train(np.ascontiguousarray(sample))
-            index.set_direct_map_type(faiss.DirectMap.Hashtable)  # cheap removal of single ids
-            index.nprobe = min(cfg.ivf_nprobe, self._nlist)
-            self._quantizer, self._index, self.kind, self._trained_at = quantizer, index, "ivf", n
-            log.info("gallery index: IVF with %d lists trained on %d of %d vectors", self._nlist, train_n, n)
+        """Switch kind or retrain, blocking (always for the exact index; for the IVF when not in background)."""
+        n = self._count
+        if n > self.config.exact_max_vectors:
+            built = build_ivf(self._ids[:n], self._vectors[:n], self.config)
+            self._index, self._quantizer, self._nlist, self._trained_at = built.index, built.quantizer, built.nlist, n
+            self.kind = "ivf"
+            log.info("gallery index: IVF with %d lists trained on %d of %d vectors", built.nlist, built.trained_on, n)
         else:
             self._quantizer, self._index, self.kind, self._trained_at = None, self._new_exact(), "exact", 0
-        self._in_faiss[:n] = False
-        self._add_rows(np.arange(n, dtype=np.int64))
+            self._in_faiss[:n] = False
+            self._add_rows(np.arange(n, dtype=np.int64))
+        self._in_faiss[:n] = True
         self._to_add.clear()
         self._to_remove.clear()
         self.rebuilds += 1
         self._gpu_stale = True
+
+    def _start_background_build(self) -> None:
+        n = self._count
+        ids, vectors = self._ids[:n].copy(), self._vectors[:n].copy()
+        build = _BackgroundBuild(snapshot_ids=ids)
+
+        def work() -> None:
+            try:
+                build.result = build_ivf(ids, vectors, self.config)
+            except Exception as exc:  # reported and retried in the foreground by _finish_background_build
+                build.error = exc
+
+        build.thread = threading.Thread(target=work, name="amodal-gallery-index-build", daemon=True)
+        self._build = build
+        build.thread.start()
+        log.info("gallery index: training an IVF on %d vectors in the background", n)
+
+    def _finish_background_build(self) -> None:
+        """Swap in the finished IVF, replaying what changed since its snapshot."""
+        build, self._build = self._build, None
+        if build.error is not None:
+            log.error("gallery index: background IVF build failed (%s); rebuilding in the foreground", build.error)
+            self._rebuild()
+            return
+        n = self._count
+        if n <= self.config.exact_max_vectors:  # the gallery shrank meanwhile: the build is not wanted
+            return
+        built = build.result
+        changed = np.fromiter(build.changed, dtype=np.int64, count=len(build.changed))
+        stale = changed[np.isin(changed, build.snapshot_ids)]
+        if len(stale):
+            built.index.remove_ids(faiss.IDSelectorArray(stale))
+        self._index, self._quantizer, self._nlist = built.index, built.quantizer, built.nlist
+        self._trained_at, self.kind = len(build.snapshot_ids), "ivf"
+        self._in_faiss[:n] = True
+        current = [self._row_of[i] for i in changed.tolist() if i in self._row_of]
+        if current:
+            self._in_faiss[current] = False
+            self._add_rows(np.sort(np.array(current, dtype=np.int64)))
+        self._to_add.clear()
+        self._to_remove.clear()
+        self.rebuilds += 1
+        self._gpu_stale = True
+        log.info("gallery index: IVF with %d lists in use (%d changes replayed)", built.nlist, len(changed))
 
     def _add_rows(self, rows: np.ndarray) -> None:
         for start in range(0, len(rows), _ADD_CHUNK):

@@ -42,6 +42,10 @@ def test_exact_then_ivf_keeps_search_results():
     assert np.allclose(sims[:, 0], (queries @ data[:2000].T).max(axis=1), atol=1e-5)
 
     index.upsert(ids[2000:], data[2000:])
+    sims, found = index.search(queries, 10)  # starts training an IVF in the background...
+    assert index.kind == "exact" and index.stats().building  # ...while the exact index answers
+    assert np.array_equal(found, _exact_top(data, ids, queries, 10))
+    index.flush(wait=True)
     sims, found = index.search(queries, 10)
     stats = index.stats()
     assert index.kind == "ivf" and stats.vectors == 3000 and stats.nlist > 16 and stats.nprobe == 16
@@ -57,7 +61,7 @@ def test_ivf_updates_and_removals_and_switch_back():
     data = _clustered(1000, clusters=40, seed=3)
     ids = np.arange(1000, dtype=np.int64)
     index.upsert(ids, data)
-    index.search(data[:1], 1)
+    index.flush(wait=True)
     assert index.kind == "ivf"
     # overwrite vector 7 with vector 900's direction: a query for 900 now finds both
     index.upsert(np.array([7]), data[900:901])
@@ -77,19 +81,41 @@ def test_index_grows_and_retrains():
     index = VectorIndex(GalleryConfig(dim=DIM, exact_max_vectors=300, ivf_rebuild_growth=2.0))
     data = _clustered(1400, clusters=30, seed=4)
     index.upsert(np.arange(400), data[:400])
-    index.search(data[:1], 1)
+    index.flush(wait=True)
     first = index.stats()
     index.upsert(np.arange(400, 1400), data[400:])
-    index.search(data[:1], 1)
+    index.flush(wait=True)
     second = index.stats()
     assert first.kind == second.kind == "ivf" and second.rebuilds == first.rebuilds + 1 and second.nlist > first.nlist
 
 
 def test_gallery_identities_survive_the_switch():
     persons = Persons(count=120, dim=DIM, seed=5)
-    gallery = Gallery(GalleryConfig(dim=DIM, match_threshold=0.6, min_observations=3, exact_max_vectors=60))
+    gallery = Gallery(GalleryConfig(dim=DIM, match_threshold=0.6, min_observations=3, exact_max_vectors=60,
+                                    ivf_background_build=False))
     ids_a = [persons.feed(gallery, p, "a", track_id=p, frames=4) for p in range(120)]
     ids_b = [persons.feed(gallery, p, "b", track_id=p, frames=4) for p in range(120)]
     assert gallery.stats()["index_kind"] == "ivf"
     assert len(set(ids_a)) == 120
     assert np.mean(np.array(ids_a) == np.array(ids_b)) >= 0.97
+
+
+def test_changes_during_a_background_build_are_replayed():
+    index = VectorIndex(GalleryConfig(dim=DIM, exact_max_vectors=500, ivf_nprobe=1000))
+    data = _clustered(1200, clusters=40, seed=6)
+    index.upsert(np.arange(1000), data[:1000])
+    index.flush()  # the build starts from these 1000 vectors
+    assert index.stats().building
+    index.remove(np.arange(0, 100))  # in the snapshot, removed since
+    index.upsert(np.arange(100, 200), data[1000:1100])  # in the snapshot, changed since
+    index.upsert(np.arange(1000, 1100), data[1100:1200])  # new since
+    index.remove(np.arange(1050, 1060))  # new and removed again
+    index.flush(wait=True)
+    assert index.kind == "ivf" and not index.stats().building
+    present = [i for i in range(1100) if i >= 100 and not 1050 <= i < 1060]
+    assert len(index) == len(present) and index._index.ntotal == len(present)  # faiss holds each once
+    expected = {i: (data[1000 + i - 100] if 100 <= i < 200 else data[1100 + i - 1000] if i >= 1000 else data[i])
+                for i in present}
+    assert all(np.array_equal(index.vectors([i])[0], v) for i, v in expected.items())
+    _, found = index.search(np.stack(list(expected.values())), 1)  # every list probed
+    assert found[:, 0].tolist() == list(expected)
