@@ -3,8 +3,9 @@
 For each size N (default 10k, 100k, 1M) of random-but-clustered unit vectors (``--dim``, default 256;
 clusters of ~``--per-cluster`` vectors, like persons seen many times), the gallery's ``VectorIndex`` in
 IVF mode is compared with ``faiss.IndexFlatIP`` (the exact reference) on held-out queries drawn from the
-same clusters (with the default noise, a query's top-1 similarity is ~0.56 and its 10th ~0.50): build time, batch QPS (``--queries`` at once), single-query QPS (``--single-queries``
-one at a time), recall@1 and recall@10 against the exact top-k, for each ``--nprobe``.
+same clusters (with the default noise, a query's top-1 similarity is ~0.56 and its 10th ~0.50): build
+time, batch QPS (``--queries`` at once), single-query QPS (``--single-queries`` one at a time), recall@1
+and recall@10 against the exact top-k, for each ``--nprobe``.
 
 The MBF ReID model's embedding throughput joins the same run through ``--embedder MODULE:FUNCTION``:
 a factory returning ``embed(crops uint8[B, H, W, 3]) -> float32[B, D]``, timed by

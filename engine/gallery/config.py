@@ -54,9 +54,11 @@ class GalleryConfig:
             raise ConfigError(f"gallery ivf_rebuild_growth must be > 1, got {self.ivf_rebuild_growth!r}")
         if not isinstance(self.track_timeout_s, (int, float)) or not self.track_timeout_s > 0:
             raise ConfigError(f"gallery track_timeout_s must be > 0, got {self.track_timeout_s!r}")
-        if not isinstance(self.save_interval_s, (int, float)) or not (self.save_interval_s >= 0 and math.isfinite(self.save_interval_s)):
+        interval = self.save_interval_s
+        if not isinstance(interval, (int, float)) or not (interval >= 0 and math.isfinite(interval)):
             raise ConfigError(f"gallery save_interval_s must be a finite number >= 0, got {self.save_interval_s!r}")
-        if self.persist_path is not None and (not isinstance(self.persist_path, (str, Path)) or not str(self.persist_path)):
+        path = self.persist_path
+        if path is not None and (not isinstance(path, (str, Path)) or not str(path)):
             raise ConfigError(f"gallery persist_path must be a non-empty path or None, got {self.persist_path!r}")
         if self.save_interval_s > 0 and self.persist_path is None:
             raise ConfigError(f"gallery save_interval_s={self.save_interval_s} needs a persist_path to autosave to")
