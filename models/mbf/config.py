@@ -7,6 +7,7 @@ from typing import Any
 from amodal.errors import ConfigError
 
 ATTENTION_BACKENDS = ("auto", "triton", "cpu", "reference")
+METRIC_FEATURES = ("raw", "necked")
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,9 @@ class MBFConfig:
     camera (``camera_ids=None``). Parsing classes: 0 background, 1 head, 2 upper, 3 lower, 4 shoes; a patch joins
     part k when its predicted probability of class k exceeds ``part_threshold``. ``foreground_recovery`` adds the
     occluded branch (``recovery_queries`` learned queries, ``recovery_layers`` cross-attention layers) whose
-    recovered feature is part of the embedding. Images are RGB in [0, 1], normalised by ``image_mean/std``.
+    recovered feature is part of the embedding. ``metric_features``: the features the triplet and separation
+    losses see, ``raw`` (before the BNNeck, as TransReID/MBF) or ``necked`` (after it: per-channel standardised, which
+    keeps a from-scratch ViT's near-constant class token from shrinking the triplet distances). Images are RGB in [0, 1], normalised by ``image_mean/std``.
     """
 
     num_ids: int = 702
@@ -41,6 +44,7 @@ class MBFConfig:
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     attention_backend: str = "auto"
+    metric_features: str = "raw"
     label_smoothing: float = 0.1
     id_weight: float = 1.0
     triplet_weight: float = 1.0
@@ -78,6 +82,8 @@ class MBFConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ConfigError(f"MBFConfig.attention_backend must be one of {ATTENTION_BACKENDS}, "
                               f"got {self.attention_backend!r}")
+        if self.metric_features not in METRIC_FEATURES:
+            raise ConfigError(f"MBFConfig.metric_features must be one of {METRIC_FEATURES}, got {self.metric_features!r}")
         for name in ("image_mean", "image_std"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != 3 or (name == "image_std" and min(value) <= 0):

@@ -78,26 +78,29 @@ def mbf_losses(outputs, targets: MBFTargets, config: MBFConfig) -> dict[str, tor
     ``loss_recovery`` of ``MBFOutputs``, each already multiplied by its weight in ``config``.
 
     ID and triplet: ½ · mean over the global features (global, and recovered when present) + ½ · mean over the
-    parts; a part's ID loss counts only the images where that part has at least one patch."""
+    parts; a part's ID loss counts only the images where that part has at least one patch. Triplet and separation
+    see the raw or the BN-necked features (``config.metric_features``)."""
     pids = targets.pids
+    necked = config.metric_features == "necked"
     global_logits = [outputs.global_logits]
-    global_feats = [outputs.global_feature]
+    global_feats = [outputs.global_necked if necked else outputs.global_feature]
+    part_feats = outputs.part_necked if necked else outputs.part_features
     if outputs.recovered_feature is not None:
         global_logits.append(outputs.recovered_logits)
-        global_feats.append(outputs.recovered_feature)
+        global_feats.append(outputs.recovered_necked if necked else outputs.recovered_feature)
     k = outputs.part_features.shape[1]
     smoothing = config.label_smoothing
     id_global = torch.stack([id_loss(lg, pids, smoothing) for lg in global_logits]).mean()
     id_parts = torch.stack([id_loss(outputs.part_logits[:, j], pids, smoothing, outputs.part_present[:, j])
                             for j in range(k)]).mean()
     tri_global = torch.stack([batch_hard_triplet_loss(f, pids) for f in global_feats]).mean()
-    tri_parts = torch.stack([batch_hard_triplet_loss(outputs.part_features[:, j], pids) for j in range(k)]).mean()
+    tri_parts = torch.stack([batch_hard_triplet_loss(part_feats[:, j], pids) for j in range(k)]).mean()
     patch_labels = vote_patch_labels(targets.parsing, config.patch_size, config.stride, config.parsing_classes)
     losses = {
         "loss_id": config.id_weight * 0.5 * (id_global + id_parts),
         "loss_triplet": config.triplet_weight * 0.5 * (tri_global + tri_parts),
         "loss_parsing": config.parsing_weight * parsing_loss(outputs.parsing_logits, patch_labels),
-        "loss_separation": config.separation_weight * separation_loss(outputs.part_features),
+        "loss_separation": config.separation_weight * separation_loss(part_feats),
     }
     if outputs.recovered_tokens is not None:
         if outputs.holistic_tokens is None:

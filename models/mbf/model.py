@@ -33,19 +33,23 @@ from amodal.models.weights import load_state_strict, load_weights
 class MBFOutputs:
     """Raw outputs for N images, L patches, K parts, D channels, C ids.
 
-    global_feature [N, D], global_logits [N, C]; part_features [N, K, D], part_logits [N, K, C], part_present
-    bool [N, K] (the part has ≥ 1 patch above the threshold); parsing_logits [N, L, 5]; with foreground recovery:
-    recovered_tokens [N, L, D], recovered_feature [N, D], recovered_logits [N, C] and, when holistic images were
-    given, holistic_tokens [N, L, D] (no gradient); otherwise those are None."""
+    global_feature [N, D], its BNNeck output global_necked [N, D] and global_logits [N, C]; part_features,
+    part_necked [N, K, D], part_logits [N, K, C], part_present bool [N, K] (the part has ≥ 1 patch above the
+    threshold); parsing_logits [N, L, 5]; with foreground recovery: recovered_tokens [N, L, D], recovered_feature,
+    recovered_necked [N, D], recovered_logits [N, C] and, when holistic images were given, holistic_tokens
+    [N, L, D] (no gradient); otherwise those are None."""
 
     global_feature: torch.Tensor
+    global_necked: torch.Tensor
     global_logits: torch.Tensor
     part_features: torch.Tensor
+    part_necked: torch.Tensor
     part_logits: torch.Tensor
     part_present: torch.Tensor
     parsing_logits: torch.Tensor
     recovered_tokens: torch.Tensor | None = None
     recovered_feature: torch.Tensor | None = None
+    recovered_necked: torch.Tensor | None = None
     recovered_logits: torch.Tensor | None = None
     holistic_tokens: torch.Tensor | None = None
 
@@ -123,28 +127,30 @@ class MBF(nn.Module):
         part_probs = probs[..., 1:]
         global_feature = backbone.norm(backbone.last_block.forward_queries(tokens, 1)[:, 0])
         part_features = backbone.norm(pool_parts(tokens, part_probs, backbone.last_block, cfg.part_threshold))
-        _, global_logits = self.global_neck(global_feature)
-        part_logits = torch.stack([neck(part_features[:, j])[1] for j, neck in enumerate(self.part_necks)], dim=1)
-        out = MBFOutputs(global_feature, global_logits, part_features, part_logits,
+        global_necked, global_logits = self.global_neck(global_feature)
+        part_necked, part_logits = (torch.stack(t, dim=1) for t in zip(*(neck(part_features[:, j])
+                                                                         for j, neck in enumerate(self.part_necks))))
+        out = MBFOutputs(global_feature, global_necked, global_logits, part_features, part_necked, part_logits,
                          (part_probs > cfg.part_threshold).any(dim=1), parsing_logits)
         if self.recovery is not None:
             recovered = self.recovery(tokens[:, 1:], 1.0 - probs[..., 0])
             seq = torch.cat([tokens[:, :1], recovered], dim=1)
             out.recovered_tokens = recovered
             out.recovered_feature = backbone.norm(backbone.last_block.forward_queries(seq, 1)[:, 0])
-            _, out.recovered_logits = self.recovered_neck(out.recovered_feature)
+            out.recovered_necked, out.recovered_logits = self.recovered_neck(out.recovered_feature)
             if holistic_images is not None:
                 self._check_images(holistic_images, camera_ids)
                 with torch.no_grad():
                     out.holistic_tokens = self._tokens(holistic_images, camera_ids)[:, 1:]
         return out
 
-    def features(self, outputs: MBFOutputs) -> torch.Tensor:
-        """Test features of ``outputs`` (eval mode): [N, embedding_dim], L2-normalised."""
-        feats = [self.global_neck(outputs.global_feature)[0]]
-        feats += [neck(outputs.part_features[:, j])[0] for j, neck in enumerate(self.part_necks)]
-        if self.recovered_neck is not None and outputs.recovered_feature is not None:
-            feats.append(self.recovered_neck(outputs.recovered_feature)[0])
+    @staticmethod
+    def features(outputs: MBFOutputs) -> torch.Tensor:
+        """Test features of ``outputs`` (eval mode): the BNNeck outputs (global, parts, recovered), each
+        L2-normalised, concatenated, L2-normalised: [N, embedding_dim]."""
+        feats = [outputs.global_necked, *outputs.part_necked.unbind(1)]
+        if outputs.recovered_necked is not None:
+            feats.append(outputs.recovered_necked)
         return F.normalize(torch.cat([F.normalize(f, dim=-1) for f in feats], dim=-1), dim=-1)
 
     def embed(self, images: torch.Tensor, camera_ids: torch.Tensor | None = None) -> torch.Tensor:

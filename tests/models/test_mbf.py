@@ -186,6 +186,24 @@ def test_mbf_losses_use_the_voted_patch_labels():
         mbf_losses(model(images, cams), MBFTargets(pids, parsing), cfg)
 
 
+@pytest.mark.parametrize("metric_features", ["raw", "necked"])
+def test_metric_losses_see_the_configured_features(metric_features):
+    torch.manual_seed(0)
+    cfg = micro(metric_features=metric_features, foreground_recovery=False)
+    model = build_mbf(config=cfg).train()
+    images, cams, pids, parsing = _batch(6, cfg)
+    out = model(images, cams)
+    losses = mbf_losses(out, MBFTargets(pids, parsing), cfg)
+    glob, parts = ((out.global_necked, out.part_necked) if metric_features == "necked"
+                   else (out.global_feature, out.part_features))
+    expected = 0.5 * (batch_hard_triplet_loss(glob, pids)
+                      + torch.stack([batch_hard_triplet_loss(parts[:, j], pids) for j in range(4)]).mean())
+    torch.testing.assert_close(losses["loss_triplet"], expected)
+    torch.testing.assert_close(losses["loss_separation"], cfg.separation_weight * separation_loss(parts))
+    with pytest.raises(ConfigError, match="metric_features"):
+        micro(metric_features="bn")
+
+
 def test_gradients_reach_every_trainable_parameter():
     torch.manual_seed(0)
     cfg = micro()

@@ -57,6 +57,7 @@ class MBFTaskConfig:
     part_threshold: float = 0.4
     recovery_queries: int = 4
     recovery_layers: int = 3
+    metric_features: str = "raw"
     label_smoothing: float = 0.1
     separation_weight: float = 0.1
     recovery_weight: float = 1.0
@@ -96,7 +97,8 @@ class MBFTaskConfig:
             num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, camera_embedding=self.camera_embedding,
             part_threshold=self.part_threshold, foreground_recovery=self.foreground_recovery,
             recovery_queries=self.recovery_queries, recovery_layers=self.recovery_layers,
-            label_smoothing=self.label_smoothing, separation_weight=self.separation_weight,
+            metric_features=self.metric_features, label_smoothing=self.label_smoothing,
+            separation_weight=self.separation_weight,
             recovery_weight=self.recovery_weight)
 
     def augment_config(self) -> ReIDAugmentConfig:
