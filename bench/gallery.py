@@ -11,7 +11,7 @@ The MBF ReID model's embedding throughput joins the same run through ``--embedde
 a factory returning ``embed(crops uint8[B, H, W, 3]) -> float32[B, D]``, timed by
 ``bench_embedding_throughput`` over ``--embed-batches`` (without ``--embedder`` the section is omitted).
 
-Writes ``gallery.json`` and ``gallery.png`` to ``--out``.
+Writes ``gallery.json`` and ``gallery.png`` (``--name``) to ``--out``.
 """
 from __future__ import annotations
 
@@ -147,21 +147,22 @@ def load_embedder(spec: str) -> EmbedBatch:
     return getattr(importlib.import_module(module_name), attr)()
 
 
-def _plot(records: list[dict], embed_rows: list[dict] | None, out_dir: str, device_name: str):
+def _plot(records: list[dict], embed_rows: list[dict] | None, out_dir: str, device_name: str, name: str,
+          noise: float):
     fig, axes = new_figure(ncols=3 if embed_rows else 2, width_in=5.5, height_in=4.0)
     sizes = [r["n"] for r in records]
     qps_ax, rec_ax = axes[0][0], axes[0][1]
     qps_ax.plot(sizes, [r["exact"]["batch_qps"] for r in records], "k-o", label="exact, batch")
-    qps_ax.plot(sizes, [r["exact"]["single_qps"] for r in records], "k--o", label="exact, single")
+    qps_ax.plot(sizes, [r["exact"]["single_qps"] for r in records], "k--^", label="exact, single")
     for i, probe in enumerate(records[0]["nprobe"]):
         colour = f"C{i}"
         qps_ax.plot(sizes, [r["nprobe"][i]["batch_qps"] for r in records], "-s", color=colour,
                     label=f"IVF nprobe {probe['nprobe']}, batch")
-        qps_ax.plot(sizes, [r["nprobe"][i]["single_qps"] for r in records], "--s", color=colour,
+        qps_ax.plot(sizes, [r["nprobe"][i]["single_qps"] for r in records], "--^", color=colour,
                     label=f"IVF nprobe {probe['nprobe']}, single")
         rec_ax.plot(sizes, [r["nprobe"][i]["recall_at_1"] for r in records], "-s", color=colour,
                     label=f"recall@1, nprobe {probe['nprobe']}")
-        rec_ax.plot(sizes, [r["nprobe"][i]["recall_at_10"] for r in records], "--s", color=colour,
+        rec_ax.plot(sizes, [r["nprobe"][i]["recall_at_10"] for r in records], "--^", color=colour,
                     label=f"recall@10, nprobe {probe['nprobe']}")
     for ax in (qps_ax, rec_ax):
         ax.set_xscale("log")
@@ -169,7 +170,8 @@ def _plot(records: list[dict], embed_rows: list[dict] | None, out_dir: str, devi
         ax.legend(fontsize=6)
     qps_ax.set_yscale("log")
     qps_ax.set_ylabel("queries / s (log)")
-    qps_ax.set_title(f"search QPS, dim {records[0]['dim']}, k {records[0]['k']} — {device_name}", fontsize=8)
+    qps_ax.set_title(f"search QPS, dim {records[0]['dim']}, k {records[0]['k']}, noise {noise} — {device_name}",
+                     fontsize=8)
     rec_ax.set_ylabel("recall vs exact top-k")
     rec_ax.set_title("IVF recall against faiss IndexFlatIP", fontsize=8)
     if embed_rows:
@@ -178,7 +180,7 @@ def _plot(records: list[dict], embed_rows: list[dict] | None, out_dir: str, devi
         ax.set_xlabel("batch")
         ax.set_ylabel("crops / s")
         ax.set_title("embedding throughput", fontsize=8)
-    return save_figure(fig, out_dir, "gallery")
+    return save_figure(fig, out_dir, name)
 
 
 def _int_list(text: str) -> list[int]:
@@ -192,6 +194,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amodal bench gallery", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/bench/gallery")
+    parser.add_argument("--name", default="gallery", help="results file stem (NAME.json, NAME.png)")
     parser.add_argument("--sizes", type=_int_list, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--per-cluster", type=int, default=20, help="vectors per cluster (sightings per person)")
@@ -219,7 +222,7 @@ def main(argv: list[str]) -> int:
                "noise": args.noise, "records": records}
     if embed_rows is not None:
         results["embedding_throughput"] = {"embedder": args.embedder, "rows": embed_rows}
-    path = write_results(args.out, "gallery", results)
-    png = _plot(records, embed_rows, args.out, env["device"])
+    path = write_results(args.out, args.name, results)
+    png = _plot(records, embed_rows, args.out, env["device"], args.name, args.noise)
     print(f"wrote {path} and {png}")
     return 0
