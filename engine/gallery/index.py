@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _ADD_CHUNK = 65536
 _SMALL_QUERIES = 20  # faiss's own threshold for switching exact search to BLAS
 _SMALL_ADD = 1024
+_GPU_K_MAX = 2048  # faiss GPU indexes return at most this many neighbours
 
 
 @contextlib.contextmanager
@@ -372,7 +373,7 @@ class VectorIndex:
                 self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, flat)
                 self._gpu_ids = self._ids[: self._count].copy()
             self._gpu_stale = False
-        sims, found = self._gpu_index.search(queries, k)
+        sims, found = self._gpu_index.search(queries, min(k, _GPU_K_MAX))
         if self._gpu_ids is not None:
             found = np.where(found >= 0, self._gpu_ids[np.clip(found, 0, None)], -1)
         return sims, found
