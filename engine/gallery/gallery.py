@@ -84,6 +84,7 @@ class Gallery:
         if not isinstance(quality, (int, float, np.floating)) or not 0.0 <= float(quality) <= 1.0:
             raise SchemaError(f"{where}: quality must be in [0, 1], got {quality!r}")
         vector = check_embedding(embedding, self.config.dim, where)
+        vector = vector / np.linalg.norm(vector)  # exactly unit (float16 inputs are not), so q alone weighs
         box = check_box(box_xyxy, where)
         track_id, time_ns, quality = int(track_id), int(time_ns), float(quality)
         with self._lock:

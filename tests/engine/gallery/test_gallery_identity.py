@@ -191,3 +191,12 @@ def test_concurrent_updates_and_searches(persons: Persons):
 def test_unit_helper_sanity():
     v = unit(np.array([3.0, 4.0]))
     assert np.allclose(v, [0.6, 0.8])
+
+
+def test_float16_and_unnormalised_embeddings_are_accepted(persons: Persons):
+    gallery = _gallery()
+    e = persons.view(0, "cam")
+    gids = [gallery.update_track("cam", 1, (3.0 * e).astype(np.float16), 1.0, i, (0, 0, 1, 1)) for i in range(3)]
+    assert gids[-1] == 1
+    match = gallery.search(e[None].astype(np.float16), k=1)[0][0]
+    assert match.global_id == 1 and abs(match.similarity - 1.0) < 1e-3
