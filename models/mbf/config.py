@@ -21,7 +21,8 @@ class MBFConfig:
     occluded branch (``recovery_queries`` learned queries, ``recovery_layers`` cross-attention layers) whose
     recovered feature is part of the embedding. ``metric_features``: the features the triplet and separation
     losses see, ``raw`` (before the BNNeck, as TransReID/MBF) or ``necked`` (after it: per-channel standardised, which
-    keeps a from-scratch ViT's near-constant class token from shrinking the triplet distances). Images are RGB in [0, 1], normalised by ``image_mean/std``.
+    keeps a from-scratch ViT's near-constant class token from shrinking the triplet distances). Images are RGB in
+    [0, 1], normalised by ``image_mean/std``.
     """
 
     num_ids: int = 702
@@ -83,7 +84,8 @@ class MBFConfig:
             raise ConfigError(f"MBFConfig.attention_backend must be one of {ATTENTION_BACKENDS}, "
                               f"got {self.attention_backend!r}")
         if self.metric_features not in METRIC_FEATURES:
-            raise ConfigError(f"MBFConfig.metric_features must be one of {METRIC_FEATURES}, got {self.metric_features!r}")
+            raise ConfigError(f"MBFConfig.metric_features must be one of {METRIC_FEATURES}, "
+                              f"got {self.metric_features!r}")
         for name in ("image_mean", "image_std"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != 3 or (name == "image_std" and min(value) <= 0):

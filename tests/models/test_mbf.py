@@ -245,6 +245,11 @@ def test_weights_round_trip_and_checkpoint_errors(tmp_path):
     images, _, _, _ = _batch(2, cfg)
     torch.testing.assert_close(loaded.model.embed(images), model.embed(images))
 
+    half_state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    half = load_mbf(save_weights(half_state, tmp_path / "half.safetensors", {"config": cfg.to_dict()}))
+    assert next(half.model.parameters()).dtype == torch.float32  # fp16 files (the shipped one) load as fp32
+    torch.testing.assert_close(half.model.embed(images), model.embed(images), atol=5e-3, rtol=0)
+
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated"):

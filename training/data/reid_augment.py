@@ -2,9 +2,10 @@
 
 With probability ``apply_prob`` an occlusion is put on one half of the image (top, bottom, left or right, chosen
 at random): with probability ``foreground_prob`` the foreground pixels of another identity in that half (its
-parsing mask > 0, shifted at random: a person standing in front), otherwise a rectangular region occluder (a crop of the other image, whatever it shows). Random
-erasing then blanks a random rectangle with noise (probability ``erase_prob``). Every covered pixel becomes
-background (0) in the parsing target, so the part classifier learns that occluders are not body.
+parsing mask > 0, shifted at random: a person standing in front), otherwise a rectangular region occluder (a crop
+of the other image, whatever it shows). Random erasing then blanks a random rectangle with noise (probability
+``erase_prob``). Every covered pixel becomes background (0) in the parsing target, so the part classifier learns
+that occluders are not body.
 
 Images are uint8[H, W, 3], parsing maps uint8[H, W] (0 background, 1 head, 2 upper, 3 lower, 4 shoes); every
 random draw comes from the numpy Generator passed in, so the result is deterministic per generator state.
