@@ -7,16 +7,18 @@ same clusters (with the default noise, a query's top-1 similarity is ~0.56 and i
 time, batch QPS (``--queries`` at once), single-query QPS (``--single-queries`` one at a time), recall@1
 and recall@10 against the exact top-k, for each ``--nprobe``.
 
-The MBF ReID model's embedding throughput joins the same run through ``--embedder MODULE:FUNCTION``:
-a factory returning ``embed(crops uint8[B, H, W, 3]) -> float32[B, D]``, timed by
-``bench_embedding_throughput`` over ``--embed-batches`` (without ``--embedder`` the section is omitted).
+The MBF ReID model's embedding throughput joins the same run (``--reid-weights``, default the shipped
+weights; ``--skip-embedding`` leaves it out): crops per second of ``uint8[B, H, W, 3]`` person crops
+(``--crop-hw``, resized to the model input, embedded, L2-normalised) for each ``--embed-batches`` B, with the
+model's attention through our fused attention dispatcher (``auto``: Triton on CUDA, the CPU path otherwise)
+and, as the reference in the same run, through the PyTorch reference attention.
 
 Writes ``gallery.json`` and ``gallery.png`` (``--name``) to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -139,12 +141,37 @@ def bench_embedding_throughput(embed: EmbedBatch, batch_sizes: list[int], crop_h
     return rows
 
 
-def load_embedder(spec: str) -> EmbedBatch:
-    """``module:function`` → ``function()``, the factory returning the batch embedder."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"--embedder must look like module:function, got {spec!r}")
-    return getattr(importlib.import_module(module_name), attr)()
+def mbf_embedders(weights: str | None, device: str) -> dict[str, EmbedBatch]:
+    """Batch embedders of the MBF weights (None = shipped), one per attention backend: ``auto`` and the
+    PyTorch ``reference``."""
+    import torch
+    import torch.nn.functional as F
+
+    from amodal.engine.device import select_device
+    from amodal.models.mbf import build_mbf, load_mbf
+    from amodal.pretrained import default_weights
+
+    loaded = load_mbf(weights or default_weights("reid"))
+    torch_device = select_device(device)
+    size = (loaded.config.input_height, loaded.config.input_width)
+    embedders: dict[str, EmbedBatch] = {}
+    for backend in ("auto", "reference"):
+        model = build_mbf(config=dataclasses.replace(loaded.config, attention_backend=backend))
+        model.load_state_dict(loaded.model.state_dict())
+        model = model.to(torch_device).eval()
+
+        def embed(crops: np.ndarray, model=model) -> np.ndarray:
+            with torch.inference_mode():
+                x = torch.from_numpy(crops).to(torch_device).permute(0, 3, 1, 2).float().div_(255.0)
+                if tuple(x.shape[2:]) != size:
+                    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+                out = model.embed(x)
+                if out.is_cuda:
+                    torch.cuda.synchronize()
+                return out.cpu().numpy()
+
+        embedders[backend] = embed
+    return embedders
 
 
 def _plot(records: list[dict], embed_rows: list[dict] | None, out_dir: str, device_name: str, name: str,
@@ -176,7 +203,11 @@ def _plot(records: list[dict], embed_rows: list[dict] | None, out_dir: str, devi
     rec_ax.set_title("IVF recall against faiss IndexFlatIP", fontsize=8)
     if embed_rows:
         ax = axes[0][2]
-        ax.plot([r["batch"] for r in embed_rows], [r["crops_per_s"] for r in embed_rows], "-o")
+        for backend in sorted({r["attention"] for r in embed_rows}):
+            rows = [r for r in embed_rows if r["attention"] == backend]
+            ax.plot([r["batch"] for r in rows], [r["crops_per_s"] for r in rows], "-o", label=f"attention {backend}")
+        ax.legend(fontsize=6)
+        ax.set_xscale("log", base=2)
         ax.set_xlabel("batch")
         ax.set_ylabel("crops / s")
         ax.set_title("embedding throughput", fontsize=8)
@@ -205,7 +236,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nprobe", type=_int_list, default=[8, 32, 128])
     parser.add_argument("--reps", type=int, default=3, help="timing rounds (median)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--embedder", default=None, help="module:function returning embed(uint8[B,H,W,3]) -> float32[B,D]")
+    parser.add_argument("--reid-weights", default=None, help="MBF weights for the embedding throughput (default: shipped)")
+    parser.add_argument("--skip-embedding", action="store_true", help="gallery search only")
     parser.add_argument("--embed-batches", type=_int_list, default=[1, 8, 32])
     parser.add_argument("--crop-hw", type=int, nargs=2, default=(256, 128), metavar=("H", "W"))
     args = parser.parse_args(argv)
@@ -215,13 +247,19 @@ def main(argv: list[str]) -> int:
     env = environment()
     records = [bench_size(n, args) for n in args.sizes]
     embed_rows = None
-    if args.embedder is not None:
-        embed_rows = bench_embedding_throughput(load_embedder(args.embedder), args.embed_batches,
-                                                tuple(args.crop_hw), args.reps)
+    if not args.skip_embedding:
+        embed_rows = []
+        for backend, embed in mbf_embedders(args.reid_weights, args.device).items():
+            print(f"MBF embedding, attention backend {backend}:", flush=True)
+            rows = bench_embedding_throughput(embed, args.embed_batches, tuple(args.crop_hw), args.reps)
+            embed_rows += [{**row, "attention": backend} for row in rows]
+        reference = {r["batch"]: r["crops_per_s"] for r in embed_rows if r["attention"] == "reference"}
+        for row in embed_rows:
+            row["speedup_vs_reference"] = row["crops_per_s"] / reference[row["batch"]]
     results = {"faiss_omp_threads": faiss.omp_get_max_threads(), "per_cluster": args.per_cluster,
                "noise": args.noise, "records": records}
     if embed_rows is not None:
-        results["embedding_throughput"] = {"embedder": args.embedder, "rows": embed_rows}
+        results["embedding_throughput"] = {"weights": args.reid_weights or "shipped", "rows": embed_rows}
     path = write_results(args.out, args.name, results)
     png = _plot(records, embed_rows, args.out, env["device"], args.name, args.noise)
     print(f"wrote {path} and {png}")
