@@ -9,7 +9,8 @@ from pathlib import Path
 from amodal.errors import ConfigError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "_weights"
-SHIPPED = {"maskrcnn": "maskrcnn_tiny_synthetic.safetensors", "ovis": "cmasktrack_tiny_synthetic.safetensors"}
+SHIPPED = {"maskrcnn": "maskrcnn_tiny_synthetic.safetensors", "ovis": "cmasktrack_tiny_synthetic.safetensors",
+           "reid": "mbf_tiny_synthetic.safetensors"}
 
 
 def default_weights(analyzer: str) -> Path:

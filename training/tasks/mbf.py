@@ -269,7 +269,8 @@ class MBFTask:
             "embedding": {"dim": mc.embedding_dim, "layout": "global, head, upper, lower, shoes"
                           + (", recovered" if mc.foreground_recovery else ""),
                           "normalised": "L2 (compare with Euclidean or cosine distance)",
-                          "camera_ids": f"0..{mc.num_cameras - 1} or None (unknown camera)"},
+                          "camera_ids": (f"0..{mc.num_cameras - 1} or None (unknown camera)" if mc.camera_embedding
+                                         else "ignored (no camera embedding)")},
             "training_data": {"data_root": cfg.data_root, "summary": self.dataset.summary(),
                               "task_config": asdict(cfg)},
             "metric": "mAP, query vs bounding_box_test (Market/Occluded-Duke protocol, same pid+camera excluded)",
