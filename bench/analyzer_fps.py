@@ -15,7 +15,7 @@ import torch
 
 from amodal.bench.common import new_figure, save_figure, write_results
 from amodal.bench.latency import _free_endpoint
-from amodal.demo import DEFAULT_FEED, encode_feed
+from amodal.demo import FEED_FPS, encode_feed, render_shapes, render_street
 from amodal.engine.analyzers import build_analyzer
 from amodal.engine.config import AnalyzerConfig, EngineConfig
 from amodal.engine.device import select_device
@@ -96,7 +96,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     config = AnalyzerConfig(name=args.analyzer, weights=args.weights, score_threshold=0.5)
     device = select_device(args.device)
-    clip = encode_feed(args.out / "feed.mp4", DEFAULT_FEED, seconds=max(2.0, args.frames / DEFAULT_FEED.fps + 0.5))
+    render = render_shapes if args.analyzer == "maskrcnn" else render_street  # the demo's feed for the analyzer
+    clip = encode_feed(args.out / "feed.mp4", render(max(2.0, args.frames / FEED_FPS + 0.5)))
     frames = _decode_all(clip, args.frames)
     rows = []
     for batch in [int(b) for b in args.batches.split(",") if b]:
@@ -105,7 +106,7 @@ def main(argv: list[str]) -> int:
         rows.append({"batch": batch, "model_fps": m, "engine_fps": e, "engine_vs_model": e / m})
         print(f"{args.analyzer} batch {batch:2d}: model {m:7.1f} fps, engine {e:7.1f} fps ({e / m:.2f}x)", flush=True)
     path = write_results(args.out, f"analyzer_{args.analyzer}", {"analyzer": args.analyzer, "device": str(device), "rows": rows,
-                                                                  "frame_size": [DEFAULT_FEED.width, DEFAULT_FEED.height]})
+                                                                  "frame_size": [frames[0].width, frames[0].height]})
     fig, axes = new_figure(1)
     ax = axes[0][0]
     ax.plot([r["batch"] for r in rows], [r["model_fps"] for r in rows], marker="o", label="model only")
