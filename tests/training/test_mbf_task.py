@@ -164,6 +164,7 @@ def test_training_run_loss_falls_evaluates_and_exports(persons_set, tmp_path, ca
     assert {"rank1", "rank5", "mAP", "rank1_nocam", "mAP_nocam", "score"} <= set(evaluation)
     assert evaluation["score"] == evaluation["mAP"] and 0.0 < evaluation["mAP"] <= 1.0
     assert 0.0 <= evaluation["rank1"] <= 1.0 and evaluation["num_valid_queries"] > 0
+    assert -1.0 <= evaluation["match_threshold_eer"] <= 1.0 and 0.0 <= evaluation["eer_false_accept"] <= 1.0
     logged = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in logged] == [10, 20, 30, 40]
     assert logged[-1]["losses"]["loss_id"] < logged[0]["losses"]["loss_id"]

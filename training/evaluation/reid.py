@@ -147,3 +147,33 @@ def load_features_npz(path: str | Path) -> dict[str, np.ndarray]:
         if missing:
             raise ConfigError(f"{path}: missing arrays {missing} (has {sorted(data.files)})")
         return {k: data[k] for k in NPZ_KEYS}
+
+
+def cross_camera_pairs(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities float64[P] of same-person pairs seen by different cameras, and float64[M] of
+    different-person pairs, over float[N, D] features (pids ≤ 0 — junk and distractors — are left out)."""
+    feats, pids, camids = np.asarray(feats, np.float64), np.asarray(pids).reshape(-1), np.asarray(camids).reshape(-1)
+    if feats.ndim != 2 or len(pids) != len(feats) or len(camids) != len(feats):
+        raise ConfigError(f"feats [N, D] with N pids and camids expected, got feats {list(feats.shape)}, "
+                          f"pids {len(pids)}, camids {len(camids)}")
+    keep = pids > 0
+    f = feats[keep] / np.maximum(np.linalg.norm(feats[keep], axis=1, keepdims=True), 1e-12)
+    p, c = pids[keep], camids[keep]
+    sim = f @ f.T
+    upper = np.triu(np.ones_like(sim, dtype=bool), k=1)
+    same = (p[:, None] == p[None, :]) & (c[:, None] != c[None, :]) & upper
+    different = (p[:, None] != p[None, :]) & upper
+    return sim[same], sim[different]
+
+
+def equal_error_threshold(same: np.ndarray, different: np.ndarray) -> dict[str, float]:
+    """The similarity threshold where the false-accept rate (different pairs ≥ t) equals the false-reject
+    rate (same pairs < t), with both rates there: a default for "same person?" decisions."""
+    same, different = np.sort(np.asarray(same, np.float64)), np.sort(np.asarray(different, np.float64))
+    if not len(same) or not len(different):
+        raise ConfigError(f"need same and different pairs, got {len(same)} and {len(different)}")
+    candidates = np.unique(np.concatenate([same, different]))
+    frr = np.searchsorted(same, candidates, side="left") / len(same)
+    far = 1.0 - np.searchsorted(different, candidates, side="left") / len(different)
+    best = int(np.argmin(np.abs(far - frr)))
+    return {"threshold": float(candidates[best]), "false_accept": float(far[best]), "false_reject": float(frr[best])}

@@ -24,7 +24,7 @@ from amodal.errors import ConfigError
 from amodal.models.mbf import MBF, MBFConfig, MBFTargets, build_mbf, mbf_losses
 from amodal.training.data.market import ReIDImage, load_parsing, load_reid_dataset
 from amodal.training.data.reid_augment import ReIDAugmentConfig, background_augment
-from amodal.training.evaluation.reid import evaluate_reid_features
+from amodal.training.evaluation.reid import cross_camera_pairs, equal_error_threshold, evaluate_reid_features
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,8 @@ class MBFTask:
         return np.concatenate(feats)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        """Rank-1/5 and mAP on query vs bounding_box_test with and without camera ids; score = mAP (with)."""
+        """Rank-1/5 and mAP on query vs bounding_box_test with and without camera ids (score = mAP with them), and
+        the equal-error cosine threshold of cross-camera same-person pairs in the gallery (the gallery's match_threshold)."""
         q_img, q_pid, q_cam = self._split("query")
         g_img, g_pid, g_cam = self._split("gallery")
         out: dict[str, float] = {}
@@ -255,6 +256,10 @@ class MBFTask:
             out.update({f"rank1{suffix}": result["rank1"], f"rank5{suffix}": result["rank5"],
                         f"mAP{suffix}": result["mAP"]})
             out["num_valid_queries"] = float(result["num_valid_queries"])
+            if suffix == "":
+                eer = equal_error_threshold(*cross_camera_pairs(gf, g_pid, g_cam))
+                out.update({"match_threshold_eer": eer["threshold"], "eer_false_accept": eer["false_accept"],
+                            "eer_false_reject": eer["false_reject"]})
         out["num_gallery"] = float(len(g_pid))
         out["score"] = out["mAP"]
         return out

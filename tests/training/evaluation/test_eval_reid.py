@@ -113,3 +113,19 @@ def test_cli_end_to_end(tmp_path, capsys) -> None:
     np.savez(tmp_path / "bad.npz", query_feats=feats)
     assert main(["reid", str(tmp_path / "bad.npz")]) == 1
     assert "missing arrays" in capsys.readouterr().err
+
+
+def test_cross_camera_pairs_and_equal_error_threshold():
+    from amodal.training.evaluation.reid import cross_camera_pairs, equal_error_threshold
+
+    feats = np.array([[1, 0], [1, 0.1], [1, -0.1], [0, 1], [0.1, 1], [0.5, 0.5]], dtype=np.float64)
+    pids = np.array([1, 1, 1, 2, 2, -1])
+    cams = np.array([1, 2, 1, 1, 2, 1])
+    same, different = cross_camera_pairs(feats, pids, cams)
+    assert len(same) == 3  # (0,1), (1,2) and (3,4): same pid, different cameras; (0,2) share a camera
+    assert len(different) == 6 and different.max() < 0.2 < same.min()  # the junk pid -1 is left out
+    eer = equal_error_threshold(same, different)
+    assert different.max() < eer["threshold"] <= same.min() and eer["false_accept"] == eer["false_reject"] == 0.0
+    overlap = equal_error_threshold(np.array([0.5, 0.6, 0.7, 0.8]), np.array([0.1, 0.2, 0.3, 0.65]))
+    assert overlap["false_accept"] == pytest.approx(0.25) and overlap["false_reject"] == pytest.approx(0.25)
+    assert overlap["threshold"] == pytest.approx(0.6)
