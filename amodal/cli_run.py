@@ -55,6 +55,10 @@ def build_config(args: argparse.Namespace) -> EngineConfig:
             weights=args.weights or analyzer.weights,
             score_threshold=analyzer.score_threshold if args.score_threshold is None else args.score_threshold,
         )
+    reid_overrides = {"weights": args.reid_weights, "gallery_path": args.gallery, "query_endpoint": args.query_endpoint}
+    if any(v is not None for v in reid_overrides.values()):
+        analyzer = dataclasses.replace(analyzer, reid=dataclasses.replace(
+            analyzer.reid, **{k: v for k, v in reid_overrides.items() if v is not None}))
     overrides = {
         "publish": args.publish,
         "max_batch_size": args.batch_size,
@@ -72,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--analyzer", choices=ANALYZER_NAMES, help="default: identity (or the config's)")
     p.add_argument("--weights", help="local weights file for the analyzer")
     p.add_argument("--score-threshold", type=float)
+    p.add_argument("--reid-weights", help="reid: MBF weights file (default: the shipped ones)")
+    p.add_argument("--gallery", help="reid: gallery file, restored at start and saved while running")
+    p.add_argument("--query-endpoint", help="reid: ZeroMQ REP endpoint for gallery queries (amodal query)")
     p.add_argument("--publish", help="ZeroMQ PUB endpoint to bind (default tcp://127.0.0.1:5555)")
     p.add_argument("--max-frames", type=int, help="stop each source after N frames")
     p.add_argument("--config", help="YAML config (sources with per-source settings, analyzer, batching)")

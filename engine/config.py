@@ -11,14 +11,49 @@ from amodal.streams.base import SourceConfig
 
 
 @dataclass(frozen=True)
+class ReidConfig:
+    """The ``reid`` stage on person tracks: MBF weights, the gallery and its query endpoint.
+
+    ``weights``: MBF safetensors (None = the shipped ones); ``gallery_path``: where the gallery is restored from
+    and saved to (None = in memory only); ``save_interval_s``: autosave period (0 = only at shutdown);
+    ``match_threshold``: cosine similarity a new track needs to join a known identity (None = the weights'
+    measured equal-error threshold of cross-camera same-person pairs, else 0.6); ``min_observations``:
+    frames a track is seen before it gets an identity; ``query_endpoint``: ZeroMQ REP endpoint answering gallery
+    queries (None = no endpoint); ``min_box_height_px``: person boxes shorter than this are not embedded.
+    """
+
+    weights: str | None = None
+    gallery_path: str | None = None
+    save_interval_s: float = 10.0
+    match_threshold: float | None = None
+    min_observations: int = 3
+    query_endpoint: str | None = None
+    person_class: str = "person"
+    min_box_height_px: float = 16.0
+
+    def __post_init__(self) -> None:
+        if self.match_threshold is not None and not -1.0 <= self.match_threshold <= 1.0:
+            raise ConfigError(f"analyzer.reid.match_threshold is a cosine similarity in [-1, 1], got {self.match_threshold}")
+        if self.min_observations < 1:
+            raise ConfigError(f"analyzer.reid.min_observations must be >= 1, got {self.min_observations}")
+        if self.save_interval_s < 0:
+            raise ConfigError(f"analyzer.reid.save_interval_s must be >= 0, got {self.save_interval_s}")
+        if self.min_box_height_px < 0:
+            raise ConfigError(f"analyzer.reid.min_box_height_px must be >= 0, got {self.min_box_height_px}")
+
+
+@dataclass(frozen=True)
 class AnalyzerConfig:
-    """Which analyzer runs and its settings (``weights`` is a local file; nothing is downloaded)."""
+    """Which analyzer runs and its settings (``weights`` is a local file; nothing is downloaded).
+
+    For ``reid``, ``weights`` are the primary ``ovis`` stage's and ``reid`` configures the secondary stage."""
 
     name: str = "identity"
     weights: str | None = None
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     max_detections: int = 100
+    reid: ReidConfig = field(default_factory=ReidConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -100,6 +135,13 @@ class EngineConfig:
         analyzer = data.pop("analyzer", None) or {}
         if isinstance(analyzer, str):
             analyzer = {"name": analyzer}
+        if not isinstance(analyzer, dict):
+            raise ConfigError(f"{where}: analyzer must be a name or a mapping")
+        if "reid" in analyzer:
+            reid = analyzer["reid"] or {}
+            if not isinstance(reid, dict):
+                raise ConfigError(f"{where}: analyzer.reid must be a mapping")
+            analyzer = {**analyzer, "reid": _build(ReidConfig, reid, f"{where}: analyzer.reid")}
         return _build(cls, {**data, "sources": tuple(sources), "analyzer": _build(AnalyzerConfig, analyzer, f"{where}: analyzer")}, where)
 
 

@@ -5,7 +5,7 @@ from amodal.engine.analyzer import Analyzer
 from amodal.engine.config import AnalyzerConfig
 from amodal.errors import ConfigError
 
-ANALYZER_NAMES = ("identity", "maskrcnn", "ovis")
+ANALYZER_NAMES = ("identity", "maskrcnn", "ovis", "reid")
 
 
 def build_analyzer(config: AnalyzerConfig) -> Analyzer:
@@ -21,4 +21,8 @@ def build_analyzer(config: AnalyzerConfig) -> Analyzer:
         from amodal.engine.analyzers.ovis import OvisAnalyzer
 
         return OvisAnalyzer(config)
+    if config.name == "reid":
+        from amodal.engine.analyzers.reid import ReidAnalyzer
+
+        return ReidAnalyzer(config)
     raise ConfigError(f"unknown analyzer {config.name!r}; choose from {', '.join(ANALYZER_NAMES)}")
