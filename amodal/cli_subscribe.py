@@ -70,7 +70,8 @@ def summary_line(message: Message) -> str:
         r = message.result
         latency_ms = (time.time_ns() - r.capture_time_ns) / 1e6
         objs = ", ".join(
-            f"{o.class_name}{'#' + str(o.track_id) if o.track_id is not None else ''} {o.score:.2f}" for o in r.objects[:6]
+            f"{o.class_name}{'#' + str(o.track_id) if o.track_id is not None else ''}"
+            f"{' id' + str(o.global_id) if o.global_id is not None else ''} {o.score:.2f}" for o in r.objects[:6]
         )
         more = f" +{len(r.objects) - 6}" if len(r.objects) > 6 else ""
         return f"{r.stream_id:<10} frame {r.frame_index:>6}  seq {message.seq:>6}  {len(r.objects):>2} obj  {latency_ms:7.1f} ms  {objs}{more}"

@@ -138,3 +138,13 @@ def test_per_source_settings_from_yaml(tmp_path):
     assert all(s.read_timeout_s == 3.0 for s in config.sources)
     assert config.sources[1].queue_size == 4
     assert (config.analyzer.name, config.analyzer.weights, config.analyzer.score_threshold) == ("maskrcnn", "/models/m.safetensors", 0.7)
+
+
+def test_summary_line_shows_track_and_global_ids():
+    from amodal.cli_subscribe import summary_line
+    from amodal.types import FrameResult, ObjectResult
+
+    objects = (ObjectResult(1, "person", 0.91, (0, 0, 4, 8), track_id=3, global_id=17),
+               ObjectResult(2, "car", 0.55, (0, 0, 4, 8), track_id=4))
+    line = summary_line(FrameMessage("frames/cam/", 5, 0, FrameResult("cam", 9, None, time.time_ns(), 16, 16, objects)))
+    assert "frame      9" in line and "person#3 id17 0.91" in line and "car#4 0.55" in line
