@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from amodal.errors import CheckpointError
+from amodal.errors import CheckpointError, ConfigError
 
 METADATA_KEY = "amodal"
 
@@ -75,3 +75,16 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], p
             parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]})")
         raise CheckpointError(f"{path} does not match the model: " + "; ".join(parts))
     module.load_state_dict(state)
+
+
+def load_model_record(path: str | Path, config_type: Any, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
+    """(state, metadata, config) of a weights file whose metadata holds the model's ``config`` record, rebuilt with
+    ``config_type.from_dict``; CheckpointError when the record is missing or is not a ``model_name`` config."""
+    state, metadata = load_weights(path)
+    if "config" not in metadata:
+        raise CheckpointError(f"{path}: no 'config' in the metadata record; not a {model_name} weights file")
+    try:
+        config = config_type.from_dict(metadata["config"])
+    except (TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: metadata config is not a {model_name} config: {exc}") from exc
+    return state, metadata, config

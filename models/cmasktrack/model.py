@@ -26,12 +26,12 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, mask
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from amodal.errors import CheckpointError, ConfigError
+from amodal.errors import ConfigError
 from amodal.models.cmasktrack.calibration import TemporalCalibration
 from amodal.models.cmasktrack.config import CMaskTrackConfig
 from amodal.models.cmasktrack.track_head import TrackHead, track_loss, track_scores, track_targets
 from amodal.models.maskrcnn import build_maskrcnn
-from amodal.models.weights import load_state_strict, load_weights
+from amodal.models.weights import load_model_record, load_state_strict
 
 
 @dataclass
@@ -257,13 +257,7 @@ class LoadedCMaskTrack:
 def load_cmasktrack(path: str | Path) -> LoadedCMaskTrack:
     """Rebuild a CMaskTrack R-CNN from a safetensors file whose metadata record holds ``config`` (``to_dict``).
     Raises CheckpointError for a missing/corrupt file, a missing or invalid config, or mismatched tensors."""
-    state, metadata = load_weights(path)
-    if "config" not in metadata:
-        raise CheckpointError(f"{path}: no 'config' in the metadata record; not a CMaskTrack R-CNN weights file")
-    try:
-        config = CMaskTrackConfig.from_dict(metadata["config"])
-    except (TypeError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: metadata config is not a CMaskTrack R-CNN config: {exc}") from exc
+    state, metadata, config = load_model_record(path, CMaskTrackConfig, "CMaskTrack R-CNN")
     model = build_cmasktrack(config=config)
     load_state_strict(model, state, path)
     return LoadedCMaskTrack(model.eval(), config, metadata)

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amodal.errors import CheckpointError, ConfigError
+from amodal.errors import ConfigError
 from amodal.models.mbf.backbone import ViTBackbone
 from amodal.models.mbf.config import MBFConfig
 from amodal.models.mbf.parts import PatchPartClassifier, pool_parts
 from amodal.models.mbf.recovery import ForegroundRecovery
-from amodal.models.weights import load_state_strict, load_weights
+from amodal.models.weights import load_model_record, load_state_strict
 
 
 @dataclass
@@ -181,13 +181,7 @@ class LoadedMBF:
 def load_mbf(path: str | Path) -> LoadedMBF:
     """Rebuild MBF (eval mode) from a safetensors file whose metadata record holds ``config`` (``to_dict``).
     Raises CheckpointError for a missing/truncated file, a missing or invalid config, or mismatched tensors."""
-    state, metadata = load_weights(path)
-    if "config" not in metadata:
-        raise CheckpointError(f"{path}: no 'config' in the metadata record; not an MBF weights file")
-    try:
-        config = MBFConfig.from_dict(metadata["config"])
-    except (TypeError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: metadata config is not an MBF config: {exc}") from exc
+    state, metadata, config = load_model_record(path, MBFConfig, "MBF")
     model = build_mbf(config=config)
     load_state_strict(model, state, path)
     return LoadedMBF(model.eval(), config, metadata)
