@@ -19,7 +19,9 @@ class ReidConfig:
     ``match_threshold``: cosine similarity a new track needs to join a known identity (None = the weights'
     measured equal-error threshold of cross-camera same-person pairs, else 0.6); ``min_observations``:
     frames a track is seen before it gets an identity; ``query_endpoint``: ZeroMQ REP endpoint answering gallery
-    queries (None = no endpoint); ``min_box_height_px``: person boxes shorter than this are not embedded.
+    queries (None = no endpoint); ``min_box_height_px``: person boxes shorter than this are not embedded;
+    ``track_lost_frames``: a person track not seen for this many frames of its stream is ended in the gallery,
+    so that its identity can go to a new track of the same stream (the person re-appearing after a break).
     """
 
     weights: str | None = None
@@ -30,6 +32,7 @@ class ReidConfig:
     query_endpoint: str | None = None
     person_class: str = "person"
     min_box_height_px: float = 16.0
+    track_lost_frames: int = 25
 
     def __post_init__(self) -> None:
         if self.match_threshold is not None and not -1.0 <= self.match_threshold <= 1.0:
@@ -38,6 +41,8 @@ class ReidConfig:
             raise ConfigError(f"analyzer.reid.min_observations must be >= 1, got {self.min_observations}")
         if self.save_interval_s < 0:
             raise ConfigError(f"analyzer.reid.save_interval_s must be >= 0, got {self.save_interval_s}")
+        if self.track_lost_frames < 1:
+            raise ConfigError(f"analyzer.reid.track_lost_frames must be >= 1, got {self.track_lost_frames}")
         if self.min_box_height_px < 0:
             raise ConfigError(f"analyzer.reid.min_box_height_px must be >= 0, got {self.min_box_height_px}")
 

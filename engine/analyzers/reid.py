@@ -7,8 +7,9 @@ so that occluded frames weigh less in the track's aggregate.  The gallery answer
 (None until it has been seen ``min_observations`` times), consistently across streams.  Published person
 objects carry the embedding (float16) and ``global_id``; other objects pass through unchanged.
 
-Tracks that the primary stage has not matched for ``TRACK_MAX_AGE_FRAMES`` frames, and every track of an ended
-stream, are ended in the gallery (their identity becomes free for other tracks of that stream).  The gallery is
+Tracks not seen for ``reid.track_lost_frames`` frames, and every track of an ended stream, are ended in the
+gallery: their identity becomes free for other tracks of that stream, so a person whose track broke (a long
+occlusion, a crossing) gets the old identity back on the new track.  The gallery is
 restored from ``reid.gallery_path`` at start, autosaved, and saved once more at stop; ``reid.query_endpoint``
 serves top-k identity queries by embedding or image crop (``docs/gallery.md``).
 """
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from amodal.engine.analyzer import Analyzer
-from amodal.engine.analyzers.ovis import TRACK_MAX_AGE_FRAMES, OvisAnalyzer
+from amodal.engine.analyzers.ovis import OvisAnalyzer
 from amodal.engine.config import AnalyzerConfig
 from amodal.engine.gallery import GalleryConfig
 from amodal.engine.preprocess import frame_to_rgb_tensor
@@ -164,7 +165,8 @@ class ReidAnalyzer(Analyzer):
             newest[f.stream_id] = max(newest.get(f.stream_id, -1), f.index)
         for stream_id, index in newest.items():
             seen = self._last_seen.get(stream_id, {})
-            for track_id in [t for t, last in seen.items() if index - last > TRACK_MAX_AGE_FRAMES]:
+            lost = self.config.reid.track_lost_frames
+            for track_id in [t for t, last in seen.items() if index - last > lost]:
                 del seen[track_id]
                 self._gallery.end_track(stream_id, track_id)
 

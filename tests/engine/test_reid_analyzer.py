@@ -190,3 +190,33 @@ def test_match_threshold_comes_from_the_config_else_the_weights_evaluation(mbf, 
     analyzer.start(torch.device("cpu"))
     assert analyzer.match_threshold == 0.6 and analyzer.gallery.config.match_threshold == 0.6
     analyzer.stop()
+
+
+class BrokenTracks(TruthPrimary):
+    """Every person vanishes for frames 4–6 and comes back under a new track id (a broken track)."""
+
+    def process(self, frames):
+        results = []
+        for frame, result in zip(frames, super().process(frames)):
+            if 4 <= frame.index <= 6:
+                objects = ()
+            else:
+                offset = 50 if frame.index > 6 else 0
+                objects = tuple(dataclasses.replace(o, track_id=o.track_id + offset) for o in result.objects)
+            results.append(dataclasses.replace(result, objects=objects))
+        return results
+
+
+@pytest.mark.parametrize("lost_frames, same_identity", [(2, True), (25, False)])
+def test_a_broken_track_gets_its_identity_back_once_the_old_track_is_lost(mbf, lost_frames, same_identity):
+    scene = render_person_streams(cameras=1, identities=3, frames=10, seed=11, occlude_every=5)
+    analyzer = ReidAnalyzer(_reid_config(track_lost_frames=lost_frames), primary=BrokenTracks(scene), loaded=mbf)
+    analyzer.start(torch.device("cpu"))
+    ids = _run(analyzer, scene, batch=1)
+    analyzer.stop()
+    stream = scene[0]
+    for k in range(3):
+        before, after = ids[(stream.stream_id, stream.track_of_identity[k])], ids[(stream.stream_id, stream.track_of_identity[k] + 50)]
+        assert len(before) == len(after) == 1
+        # while the old track counts as alive, its identity is held and the new track must get another one
+        assert (before == after) is same_identity, (k, before, after)
