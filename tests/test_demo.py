@@ -23,3 +23,10 @@ def test_demo_publishes_tracked_objects_and_writes_the_annotated_video(tmp_path,
     assert re.search(r"person#\d+ 0\.\d\d", out), "no tracked person in the demo's output"
     with av.open(str(tmp_path / "annotated.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 30
+
+
+def test_demo_with_reid_publishes_global_identities(tmp_path, capsys):
+    assert demo.main(["--out", str(tmp_path), "--seconds", "0.8", "--analyzer", "reid"]) == 0
+    out = capsys.readouterr().out
+    assert "frames published: 20" in out
+    assert re.search(r"person#\d+ id\d+ 0\.\d\d", out), "no person with a global identity in the reid demo"

@@ -45,12 +45,16 @@ class OvisAnalyzer(Analyzer):
                                      max_detections=self.config.max_detections,
                                      max_age_frames=TRACK_MAX_AGE_FRAMES)
 
-    @torch.inference_mode()
     def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
         if self.tracker is None:
             self.start(torch.device("cpu"))
-        items = [(f.stream_id, frame_to_rgb_tensor(f, self.device)) for f in frames]
-        tracked = self.tracker.step(items)  # type: ignore[union-attr]
+        return self.process_images(frames, [frame_to_rgb_tensor(f, self.device) for f in frames])
+
+    @torch.inference_mode()
+    def process_images(self, frames: Sequence[Frame], images: Sequence[torch.Tensor]) -> list[FrameResult]:
+        """``process`` on frames already converted to float32[3, H, W] RGB in [0, 1] on the device (a later
+        stage that needs the pixels too converts once)."""
+        tracked = self.tracker.step([(f.stream_id, image) for f, image in zip(frames, images)])  # type: ignore[union-attr]
         return [self._to_result(f, t) for f, t in zip(frames, tracked)]
 
     def on_source_eos(self, stream_id: str) -> None:

@@ -130,14 +130,18 @@ class ReidAnalyzer(Analyzer):
     def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
         if self._gallery is None:
             self.start(torch.device("cpu"))
-        primary = self.primary.process(frames)
+        images = [frame_to_rgb_tensor(f, self.device) for f in frames]
+        if isinstance(self.primary, OvisAnalyzer):  # converts each frame once for both stages
+            primary = self.primary.process_images(frames, images)
+        else:
+            primary = self.primary.process(frames)
         crops, owners = [], []  # owners: (result index, object index)
-        for i, (frame, result) in enumerate(zip(frames, primary)):
+        for i, result in enumerate(primary):
             persons = [j for j, obj in enumerate(result.objects) if self._is_person(obj)]
             if not persons:
                 continue
             boxes = torch.tensor([result.objects[j].box_xyxy for j in persons], dtype=torch.float32, device=self.device)
-            crops.append(crop_boxes(frame_to_rgb_tensor(frame, self.device), boxes, self.input_hw))
+            crops.append(crop_boxes(images[i], boxes, self.input_hw))
             owners.extend((i, j) for j in persons)
         embeddings = self.embed_crops(torch.cat(crops)).cpu().numpy() if crops else np.zeros((0, 0), np.float32)
         updated: dict[tuple[int, int], ObjectResult] = {}
