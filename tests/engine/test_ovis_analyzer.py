@@ -25,13 +25,7 @@ LABELS = (1, 2, 1)  # red, green, blue
 SCORES = (0.95, 0.9, 0.85)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Micro models are dominated by per-op overhead; one thread avoids oversubscribing a shared 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def micro_config() -> CMaskTrackConfig:

@@ -11,13 +11,7 @@ from amodal.errors import ConfigError
 from amodal.models.cmasktrack.calibration import TemporalCalibration
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Micro models are dominated by per-op overhead; one thread avoids oversubscribing a shared 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomised(module: TemporalCalibration, seed: int, scale: float = 0.3) -> TemporalCalibration:

@@ -23,13 +23,7 @@ H, W = 64, 96
 LOSS_KEYS = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask", "loss_track"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Micro models are dominated by per-op overhead; one thread avoids oversubscribing a shared 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def micro_config(calibration: bool = True) -> CMaskTrackConfig:

@@ -17,13 +17,7 @@ TINY = {"input_height": 64, "input_width": 96, "fpn_channels": 16, "calibration_
         "rpn_post_nms_test": 32, "box_batch_size_per_image": 32, "max_detections": 10}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Micro models are dominated by per-op overhead; one thread avoids oversubscribing a shared 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

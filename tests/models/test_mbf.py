@@ -33,12 +33,7 @@ def micro(**kw) -> MBFConfig:
     return MBFConfig(**{**base, **kw})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n: int = 6, cfg: MBFConfig | None = None, seed: int = 0):

@@ -29,12 +29,7 @@ MICRO = {"input_height": 64, "input_width": 32, "patch_size": 8, "stride": 8, "e
          "num_heads": 2, "recovery_layers": 1, "ids_per_batch": 4, "images_per_id": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
