@@ -140,3 +140,29 @@ class FrameResult:
     analyzer: str = ""
     received_mono_ns: int = 0  # carried from the Frame for in-process latency accounting
     stage_ms: dict[str, float] = field(default_factory=dict)  # per-stage latency for this frame
+
+
+@dataclass(frozen=True, slots=True)
+class Amendment:
+    """What a stage running off the hot path (a slow stage) adds to a frame whose result was already published.
+
+    Same stream and ``frame_index`` as that frame's ``FrameResult``; ``stage`` names the stage.  ``objects`` are the
+    stage's objects for the frame; ``refs[i]`` is the index, in the frame result's ``objects``, of the object that
+    ``objects[i]`` completes (its fields filled by this stage), or None for an object the stage adds (e.g. a layer
+    region).  ``len(refs) == len(objects)``.
+    """
+
+    stream_id: str
+    frame_index: int
+    stage: str
+    capture_time_ns: int
+    width: int
+    height: int
+    objects: tuple[ObjectResult, ...] = ()
+    refs: tuple[int | None, ...] = ()
+    received_mono_ns: int = 0  # carried from the Frame for in-process latency accounting
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.refs) != len(self.objects):
+            raise ValueError(f"Amendment: {len(self.objects)} objects but {len(self.refs)} refs")
