@@ -47,6 +47,7 @@ class SourceConfig:
     loop: bool = False  # restart files at EOF (demos)
     max_frames: int | None = None  # stop after this many frames
     poll_interval_s: float = 0.05  # scanner hot-folder polling
+    pipeline: str | None = None  # the engine pipeline this source runs through (None = the engine's default)
 
     def __post_init__(self) -> None:
         if not self.uri:
