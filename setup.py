@@ -46,6 +46,8 @@ setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "faiss-cpu>=1.8",
+        "transformers>=5.23",
+        "peft>=0.21",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
     entry_points={"console_scripts": ["amodal=amodal.cli:main"]},
