@@ -4,6 +4,9 @@
 ...     matches = client.search(embedding=vector, k=5)     # list[IdentityMatch], best first
 ...     matches = client.search(image=jpeg_bytes, k=5)      # the server embeds the image
 ...     client.stats()                                      # dict
+
+Error replies raise ``GalleryQueryError``; a refusal for load (the server's image queue is full, or this
+client is over its rate limit) raises its subclass ``GalleryBusyError`` carrying ``retry_after_s``.
 """
 from __future__ import annotations
 
@@ -25,6 +28,15 @@ class GalleryQueryError(EngineError):
 
 class GalleryTimeoutError(GalleryQueryError, TimeoutError):
     """No reply within ``timeout_s``."""
+
+
+class GalleryBusyError(GalleryQueryError):
+    """The server refused the request for load (its image queue is full, or this client is over its rate
+    limit); the same request may succeed after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class GalleryClient:
@@ -81,7 +93,11 @@ class GalleryClient:
     def _request(self, request: dict) -> dict:
         reply = self._exchange(msgpack.packb(request, use_bin_type=True))
         if reply.get("ok") is not True:
-            raise GalleryQueryError(f"{self.endpoint}: {reply.get('error', 'error reply without a message')}")
+            message = f"{self.endpoint}: {reply.get('error', 'error reply without a message')}"
+            retry_after_s = reply.get("retry_after_s")
+            if isinstance(retry_after_s, (int, float)) and not isinstance(retry_after_s, bool):
+                raise GalleryBusyError(message, float(retry_after_s))
+            raise GalleryQueryError(message)
         return reply
 
     def _exchange(self, payload: bytes) -> dict:

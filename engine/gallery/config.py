@@ -76,3 +76,43 @@ class GalleryConfig:
 def _positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"gallery {name} must be an int >= 1, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """The query endpoint's per-request limits, worker pool and per-client rate limits (docs/gallery.md).
+
+    Cheap requests (``stats``, search by embedding) are answered by the socket's own thread; image
+    searches are checked there (size, header dimensions, rate) and then decoded and embedded by a pool of
+    ``image_workers`` threads fed through a queue of at most ``image_queue_size`` waiting requests.  A
+    request that finds the queue full, or a client over its rate, gets an immediate error reply with
+    ``retry_after_s`` — never silence.  A client is one ZeroMQ routing id (one REQ socket = one client).
+    """
+
+    k_max: int = 100  # largest k a search may ask for
+    max_request_bytes: int = 8 << 20  # larger requests get an error reply naming the limit
+    max_message_bytes: int = 64 << 20  # ZeroMQ MAXMSGSIZE: larger messages drop the connection, no reply
+    max_image_pixels: int = 2048 * 2048  # width x height from the image header, checked before decoding
+    max_embedding_norm: float = 1e3  # L2 norm bound of query embeddings and of the embedder's output
+    image_workers: int = 2  # threads decoding and embedding image queries
+    image_queue_size: int = 8  # image queries waiting for a worker; beyond: a "busy" error reply
+    client_requests_per_s: float = 100.0  # token-bucket refill rate per client, every request costs one token
+    client_request_burst: int = 200  # bucket size: requests a quiet client may send at once
+    client_images_per_s: float = 4.0  # a second bucket per client for image searches
+    client_image_burst: int = 8
+    socket_hwm_messages: int = 32  # ZeroMQ send/receive high-water mark, per connection
+
+    def __post_init__(self) -> None:
+        for name in ("k_max", "max_request_bytes", "max_message_bytes", "max_image_pixels", "image_workers",
+                     "image_queue_size", "client_request_burst", "client_image_burst", "socket_hwm_messages"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"query limits {name} must be an int >= 1, got {value!r}")
+        if self.max_message_bytes < self.max_request_bytes:
+            raise ConfigError(f"query limits max_message_bytes ({self.max_message_bytes}) must be >= "
+                              f"max_request_bytes ({self.max_request_bytes})")
+        for name in ("max_embedding_norm", "client_requests_per_s", "client_images_per_s"):
+            value = getattr(self, name)
+            if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                    or not value > 0):
+                raise ConfigError(f"query limits {name} must be a finite number > 0, got {value!r}")
