@@ -58,7 +58,11 @@ class Frame:
 
 
 class StreamState(str, enum.Enum):
-    """States of a source's state machine, published on the status topic."""
+    """States of a source's state machine, published on the status topic.
+
+    ``DROPPED`` is not a state change of the source: the engine's queue reports with it each frame it
+    discarded under a dropping overflow policy (reason: stream, frame index, and the file for scanners).
+    """
 
     CONNECTING = "connecting"
     UP = "up"
@@ -66,6 +70,7 @@ class StreamState(str, enum.Enum):
     ERROR = "error"
     ENDED = "ended"
     REMOVED = "removed"
+    DROPPED = "dropped"
 
 
 @dataclass(frozen=True, slots=True)
