@@ -113,7 +113,8 @@ def _embedding_from_request(request: dict, dim: int, max_norm: float) -> np.ndar
 def check_query_embedding(embedding, dim: int, max_norm: float, where: str) -> np.ndarray:
     """float32[D] of D finite values with an L2 norm in (0, ``max_norm``]; ``SchemaError`` otherwise.
     The norm is taken in float64, so float32 values near 3e38 cannot overflow it to inf."""
-    array = check_embedding(embedding, dim, where)
+    with np.errstate(over="ignore"):  # check_embedding's float32 norm may overflow; ours below cannot
+        array = check_embedding(embedding, dim, where)
     norm = float(np.linalg.norm(array.astype(np.float64)))
     if not norm <= max_norm:
         raise SchemaError(f"{where}: embedding has L2 norm {norm:.4g}, more than max_embedding_norm={max_norm:g}")
