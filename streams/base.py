@@ -47,6 +47,10 @@ class SourceConfig:
     loop: bool = False  # restart files at EOF (demos)
     max_frames: int | None = None  # stop after this many frames
     poll_interval_s: float = 0.05  # scanner hot-folder polling
+    # one decoded-size limit for every decoder (scanner PNG/TIFF/JPEG/BMP, video frames), checked from the header
+    # before decoding: 100 MP covers the largest X-ray scans (~10k x 8k cargo) and 8K video (33 MP) while keeping
+    # one frame at most 300 MB (RGB) / 200 MB (16-bit), so a tiny file declaring 40000 x 40000 cannot take GBs
+    max_image_pixels: int = 100_000_000
     pipeline: str | None = None  # the engine pipeline this source runs through (None = the engine's default)
 
     def __post_init__(self) -> None:
@@ -67,6 +71,8 @@ class SourceConfig:
             raise ConfigError(f"source {self.stream_id}: hwaccel must be auto/none/cuda, got {self.hwaccel!r}")
         if self.max_frames is not None and self.max_frames <= 0:
             raise ConfigError(f"source {self.stream_id}: max_frames must be > 0")
+        if self.max_image_pixels <= 0:
+            raise ConfigError(f"source {self.stream_id}: max_image_pixels must be > 0, got {self.max_image_pixels}")
 
 
 class Source(abc.ABC):
