@@ -91,7 +91,7 @@ class QueryLimits:
 
     k_max: int = 100  # largest k a search may ask for
     max_request_bytes: int = 8 << 20  # larger requests get an error reply naming the limit
-    max_message_bytes: int = 64 << 20  # ZeroMQ MAXMSGSIZE: larger messages drop the connection, no reply
+    max_message_bytes: int = 16 << 20  # ZeroMQ MAXMSGSIZE: larger messages drop the connection, no reply
     max_image_pixels: int = 2048 * 2048  # width x height from the image header, checked before decoding
     max_embedding_norm: float = 1e3  # L2 norm bound of query embeddings and of the embedder's output
     image_workers: int = 2  # threads decoding and embedding image queries

@@ -17,9 +17,10 @@ Threads and sockets::
                                      └── PULL (inproc) ◀── one PUSH per worker: the finished replies
 
 The socket thread owns the ROUTER and the PULL; each worker owns its PUSH.  The socket thread never
-decodes an image, so a slow image never holds up a ``stats``.  Every request gets exactly one reply:
+decodes an image (it reads only the PNG IHDR / JPEG SOF size fields), so a slow image never holds up a
+``stats``; workers read the header again with PIL, check it, and only then decode.  Every request gets exactly one reply:
 a full queue or an empty rate bucket is an immediate error reply with ``retry_after_s``; an image whose
-header says it is larger than ``max_image_pixels`` is refused before any pixel is decoded.  Nothing is
+header says it has more than ``max_image_pixels`` is refused before any pixel is decoded.  Nothing is
 unpickled.
 """
 from __future__ import annotations
@@ -68,8 +69,9 @@ class SearchRequest:
 
 
 def parse_request(payload: bytes | memoryview, dim: int, limits: QueryLimits) -> SearchRequest | str:
-    """``"stats"`` or a ``SearchRequest``; ``SchemaError`` naming what is wrong.  Cheap: an image is only
-    checked by its header (format, dimensions), never decoded here."""
+    """``"stats"`` or a ``SearchRequest``; ``SchemaError`` naming what is wrong.  Cheap enough for the
+    socket thread: an image is only checked by its signature and the size fields of its PNG IHDR or JPEG
+    SOF (``check_image_signature``); PIL reads it later, in a worker."""
     if len(payload) > limits.max_request_bytes:
         raise SchemaError(f"request is {len(payload)} bytes, more than max_request_bytes={limits.max_request_bytes}")
     try:
@@ -94,7 +96,7 @@ def parse_request(payload: bytes | memoryview, dim: int, limits: QueryLimits) ->
     if has_embedding:
         return SearchRequest(k, query=_embedding_from_request(request, dim, limits.max_embedding_norm))
     image = request["image"]
-    image_header(image, limits.max_image_pixels)
+    check_image_signature(image, limits.max_image_pixels)
     return SearchRequest(k, image=image)
 
 
@@ -122,6 +124,53 @@ def check_query_embedding(embedding, dim: int, max_norm: float, where: str) -> n
 
 
 # -------------------------------------------------------------------------------------------- images
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_MAX_SEGMENTS = 256  # segments scanned for the SOF; a JPEG with more is left to PIL (in a worker)
+
+
+def check_image_signature(data: bytes, max_image_pixels: int) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's SOF segment, reading a few bytes by offset (no
+    PIL, no inflate: cheap enough for the socket thread), or None when the SOF was not found quickly.
+    ``SchemaError`` for bytes that are neither PNG nor JPEG, and for more than ``max_image_pixels``."""
+    if not isinstance(data, bytes):
+        raise SchemaError(f"image must be msgpack bin (JPEG or PNG bytes), got {type(data).__name__}")
+    if data.startswith(_PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise SchemaError("image cannot be decoded as JPEG or PNG (a PNG without its IHDR chunk)")
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    elif data.startswith(_JPEG_SOI):
+        size = _jpeg_sof_size(data)
+        if size is None:
+            return None
+        width, height = size
+    else:
+        raise SchemaError(f"image cannot be decoded as JPEG or PNG (it starts with {data[:8]!r})")
+    _check_pixels(width, height, max_image_pixels)
+    return width, height
+
+
+def _jpeg_sof_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    for _ in range(_JPEG_MAX_SEGMENTS):  # bounded: a crafted file cannot make the socket thread loop long
+        if i + 4 > len(data) or data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in _JPEG_SOF_MARKERS:
+            if i + 9 > len(data):
+                return None
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
 def image_header(data: bytes, max_image_pixels: int) -> tuple[str, int, int]:
     """``(format, width, height)`` of JPEG or PNG bytes from the header alone (no pixel is decoded);
     ``SchemaError`` for anything else or an image of more than ``max_image_pixels``."""

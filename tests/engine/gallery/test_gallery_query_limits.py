@@ -20,7 +20,7 @@ from PIL import Image, ImageFile
 
 from amodal.engine.gallery import Gallery, GalleryConfig, QueryServer
 from amodal.engine.gallery.config import QueryLimits
-from amodal.engine.gallery.query import decode_image, image_header, parse_request
+from amodal.engine.gallery.query import check_image_signature, decode_image, image_header, parse_request
 from amodal.engine.gallery.rate_limit import RateLimiter
 from amodal.errors import ConfigError, SchemaError
 from amodal.gallery_client import GalleryBusyError, GalleryClient, GalleryQueryError
@@ -54,9 +54,18 @@ class GatedEmbedder:
 
 
 def _png(size_wh: tuple[int, int], colour=(200, 30, 30)) -> bytes:
+    return _encode(size_wh, "PNG", colour)
+
+
+def _encode(size_wh: tuple[int, int], fmt: str, colour=(200, 30, 30)) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", size_wh, colour).save(buf, format="PNG")
+    Image.new("RGB", size_wh, colour).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def _with_comments(jpeg: bytes, count: int) -> bytes:
+    """``jpeg`` with ``count`` empty COM segments before its frame header (pushing the SOF far back)."""
+    return jpeg[:2] + b"\xff\xfe\x00\x02" * count + jpeg[2:]
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -160,6 +169,11 @@ def test_oversized_image_is_refused_before_decoding(gallery: Gallery, endpoint: 
         bomb = _png_header_only(100_000, 100_000)  # 10^10 pixels claimed in 100 bytes
         with pytest.raises(GalleryQueryError, match="too large|more than max_image_pixels"):
             client.search(image=bomb, k=1)
+        big_jpeg = _encode((2100, 2100), "JPEG")  # 4.41 Mpx
+        with pytest.raises(GalleryQueryError, match=r"2100x2100 = 4410000 pixels.*refused before decoding"):
+            client.search(image=big_jpeg, k=1)  # refused from its SOF by the socket thread
+        with pytest.raises(GalleryQueryError, match=r"2100x2100 = 4410000 pixels.*refused before decoding"):
+            client.search(image=_with_comments(big_jpeg, 300), k=1)  # SOF too far for it: PIL's header, in a worker
         assert spy.loads == 0 and embedder.calls == 0
         assert client.search(image=_png((40, 80)), k=1)  # a crop-sized image is decoded and embedded
         assert spy.loads >= 1 and embedder.calls == 1  # (the spy does see decodes)
@@ -179,6 +193,18 @@ def test_request_bytes_limit_is_an_error_reply(gallery: Gallery, endpoint: str):
 
 def test_image_header_reads_sizes_without_decoding():
     assert image_header(_png((33, 7)), 1000) == ("PNG", 33, 7)
+    assert image_header(_encode((33, 7), "JPEG"), 1000) == ("JPEG", 33, 7)
+    for fmt in ("PNG", "JPEG"):
+        assert check_image_signature(_encode((33, 7), fmt), 1000) == (33, 7)
+        with pytest.raises(SchemaError, match="33x7 = 231 pixels, more than max_image_pixels=230"):
+            check_image_signature(_encode((33, 7), fmt), 230)
+    assert check_image_signature(_with_comments(_encode((33, 7), "JPEG"), 10), 1000) == (33, 7)
+    assert check_image_signature(_with_comments(_encode((33, 7), "JPEG"), 300), 1000) is None  # left to PIL
+    assert check_image_signature(b"\xff\xd8" + b"\xff" * (8 << 20), 1000) is None  # fill bytes: a bounded scan
+    with pytest.raises(SchemaError, match="cannot be decoded as JPEG or PNG"):
+        check_image_signature(_encode((33, 7), "BMP"), 1000)
+    with pytest.raises(SchemaError, match="without its IHDR"):
+        check_image_signature(_png((33, 7))[:20], 1000)
     with pytest.raises(SchemaError, match="33x7 = 231 pixels, more than max_image_pixels=230"):
         image_header(_png((33, 7)), 230)
     with pytest.raises(SchemaError, match="must be msgpack bin"):
