@@ -7,18 +7,29 @@ becomes one frame.  A half-written file is never delivered:
   ``*.crdownload``, ``*.filepart``, ``*~`` (the scanner renames them when done, and the final name is picked
   up like any other file);
 * any other file must have kept the same size and mtime for ``settle_s`` (default ``max(0.2,
-  2 * poll_interval_s)``) AND decode completely; a stable file that still does not decode is retried
-  until it has been stable for ``give_up_s`` (default ``read_timeout_s``), then reported with a non-fatal
-  ERROR event naming the file and skipped (until its size or mtime change again).
+  2 * poll_interval_s)``) AND decode completely; a stable file that does not decode (an empty one
+  included) is retried every ``settle_s`` until it has been stable for ``give_up_s`` (default
+  ``read_timeout_s``), then reported with a non-fatal ERROR event naming the file and skipped (until its
+  size or mtime change again).  An image whose header declares more than ``max_image_pixels`` is skipped
+  at once with a non-fatal ERROR naming the file and its size, before anything is decoded.
 
 Order: by modification time, then name.  A ready file is held back while an older (by that order) file is
-still settling, so delivery order follows the order of the files' completion by the scanner.  Files present
-when the source starts are delivered first unless ``skip_existing=1``.  ``pts_s`` is the file's mtime
-relative to the first delivered file's mtime and ``capture_time_ns`` is its mtime (the scanner's write
-time).  A missing folder is reported as RECONNECTING and retried with backoff.
+still settling (its size or mtime still changing), so delivery order follows the order of the files'
+completion by the scanner; a stable file that does not decode holds back nothing.  A file rewritten under
+a delivered name, or a new file re-using the name of a removed one, is a new bag.  Files present when the
+source starts are delivered first unless ``skip_existing=1``.  ``pts_s`` is the file's mtime relative to
+the first delivered file's mtime and ``capture_time_ns`` is its mtime (the scanner's write time).  A
+missing or unreadable folder is reported as RECONNECTING and retried with backoff; an entry that cannot
+be stat'ed (a symlink loop) is reported once with a non-fatal ERROR; directories are ignored.
+
+Overflow: ``block`` by default (a scanner is not a camera: every bag is analysed); while the engine's
+queue is full the source does not read the next file, so the folder is the buffer.  With an explicit
+``overflow: drop-oldest`` each drop is reported by the queue (``dropped``), named by ``frame_label``.
 """
 from __future__ import annotations
 
+import collections
+import enum
 import os
 import threading
 import time
@@ -28,9 +39,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from amodal.errors import ConfigError, SourceError
 from amodal.streams.backoff import Backoff
-from amodal.streams.base import FrameSink, Source, SourceConfig
+from amodal.streams.base import FrameSink, OverflowPolicy, Source, SourceConfig
 from amodal.streams.events import make_event
-from amodal.streams.images import IMAGE_SUFFIXES, decode_image
+from amodal.streams.images import IMAGE_SUFFIXES, ImageTooLargeError, decode_image
 from amodal.types import Frame, StreamState
 
 TEMP_SUFFIXES = (".tmp", ".partial", ".part", ".crdownload", ".filepart", "~")
@@ -88,40 +99,77 @@ def is_candidate(name: str) -> bool:
     return os.path.splitext(lower)[1] in IMAGE_SUFFIXES
 
 
+class _FileState(enum.Enum):
+    """Where one file of the folder stands."""
+
+    SETTLING = "settling"  # seen, size/mtime changed less than settle_s ago: holds back every newer file
+    RETRYING = "retrying"  # stable but not (yet) a decodable image: tried again every settle_s, holds back nothing
+    DONE = "done"  # delivered, or skipped with an ERROR event; a new size/mtime makes it a new file
+
+
 @dataclass
-class _Pending:
-    """A file seen but not yet delivered: its last (size, mtime) and since when it has not changed."""
+class _Tracked:
+    """One file's state and the (size, mtime) it is about; ``since_s`` is when that (size, mtime) was first seen."""
 
     size: int
     mtime_ns: int
-    stable_since_s: float
+    since_s: float
+    state: _FileState = _FileState.SETTLING
+    attempts: int = 0
+    next_attempt_s: float = 0.0
 
 
 class ScannerSource(Source):
-    """Polls a folder every ``poll_interval_s`` and delivers each completed image once."""
+    """Polls a folder every ``poll_interval_s`` and delivers each completed image once.
+
+    Per file (``_FileState``): SETTLING → (stable for ``settle_s``) decode → DONE (delivered), or RETRYING
+    when it does not decode (an empty file too) → tried again every ``settle_s`` → DONE, skipped with a
+    non-fatal ERROR naming the file, once it has been stable and undecodable for ``give_up_s``.  An image
+    whose header declares more than ``max_image_pixels`` is skipped at once (decoding would not help).  A
+    file whose size or mtime changes starts again as SETTLING (a rewritten or re-used name is a new bag);
+    a file that vanishes is forgotten.  Only SETTLING files hold back newer ones, so one bad file never
+    stalls the folder.
+    """
 
     live = True
 
     def __init__(self, config: SourceConfig) -> None:
         super().__init__(config)
         self.settings = parse_scanner_uri(config)
-        self._failed: dict[str, tuple[int, int]] = {}
+        self._files: dict[str, _Tracked] = {}
+        self._bad_entries: set[str] = set()  # listed names that cannot be stat'ed (reported once)
+        # frame index -> file name of recently delivered frames, for ``frame_label`` (a queue's drop notices)
+        self._labels: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._max_labels = max(1024, 4 * self.queue_size)
+
+    @property
+    def overflow(self) -> OverflowPolicy:
+        """A scanner is not a camera: every bag is analysed.  By default the source waits for queue space
+        and the hot folder itself is the buffer (the next file is not read while the queue is full)."""
+        return self.config.overflow if self.config.overflow is not None else "block"
+
+    def frame_label(self, frame: Frame) -> str | None:
+        """The file a recently delivered frame was read from (for the queue's ``dropped`` notices)."""
+        if frame.stream_id != self.stream_id:
+            return None
+        return self._labels.get(frame.index)
 
     def run(self, sink: FrameSink, stop: threading.Event) -> None:
         sid = self.stream_id
         folder = self.settings.folder
         reconnect = self.config.reconnect if self.config.reconnect is not None else True
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
-        pending: dict[str, _Pending] = {}
-        done: set[str] = set()
-        self._failed: dict[str, tuple[int, int]] = {}  # skipped undecodable files: (size, mtime_ns)
+        self._files = {}
+        self._bad_entries = set()
+        self._labels.clear()
         index = 0
         first_mtime_ns: int | None = None
+        listed_once = False
         up = False
         sink.put_event(make_event(sid, StreamState.CONNECTING))
         while not stop.is_set():
             try:
-                entries = _list_candidates(folder)
+                entries, bad = _list_candidates(folder)
             except OSError as exc:
                 reason = f"scanner folder {folder}: {type(exc).__name__}: {exc.strerror or exc}"
                 if not reconnect:
@@ -133,22 +181,29 @@ class ScannerSource(Source):
                 if stop.wait(delay_s):
                     break
                 continue
+            now_s = time.monotonic()
+            if not listed_once:
+                listed_once = True
+                if self.settings.skip_existing:
+                    self._files = {n: _Tracked(st.st_size, st.st_mtime_ns, now_s, _FileState.DONE)
+                                   for n, st in entries.items()}
             if not up:
-                if self.settings.skip_existing and index == 0 and not done:
-                    done.update(entries)
                 up = True
                 sink.put_event(make_event(sid, StreamState.UP, attempt=backoff.attempt))
                 backoff.reset()
-            now_s = time.monotonic()
-            for name in self._ready(entries, pending, done, now_s):
+            self._report_bad_entries(bad, sink)
+            for name in self._ready(entries, now_s):
                 if stop.is_set():
                     break
-                frame = self._read(folder / name, pending, done, now_s, sink, index, first_mtime_ns)
+                frame = self._read(folder / name, time.monotonic(), sink, index, first_mtime_ns)
                 if frame is None:
                     continue
                 if first_mtime_ns is None:
                     first_mtime_ns = frame.capture_time_ns
-                if not sink.put_frame(frame):
+                self._labels[index] = name
+                while len(self._labels) > self._max_labels:
+                    self._labels.popitem(last=False)
+                if not sink.put_frame(frame):  # blocks while a block-policy queue is full
                     sink.put_event(make_event(sid, StreamState.ENDED, "sink closed"))
                     return
                 index += 1
@@ -158,62 +213,73 @@ class ScannerSource(Source):
             stop.wait(self.config.poll_interval_s)
         sink.put_event(make_event(sid, StreamState.ENDED, "stopped"))
 
-    def _ready(
-        self, entries: dict[str, os.stat_result], pending: dict[str, _Pending], done: set[str], now_s: float
-    ) -> list[str]:
-        """Update what is settling; return names stable for ``settle_s``, oldest first, none after a
-        file that is still settling (so delivery keeps the mtime-then-name order)."""
-        for name in list(pending):
-            if name not in entries:  # deleted or renamed away before it settled
-                del pending[name]
+    def _report_bad_entries(self, bad: dict[str, str], sink: FrameSink) -> None:
+        """One non-fatal ERROR per listed name that cannot be stat'ed (a symlink loop ...), until it goes away."""
+        for name, detail in bad.items():
+            if name not in self._bad_entries:
+                reason = f"scanner entry {self.settings.folder / name} cannot be read, ignored: {detail}"
+                sink.put_event(make_event(self.stream_id, StreamState.ERROR, reason, fatal=False))
+        self._bad_entries = set(bad)
+
+    def _ready(self, entries: dict[str, os.stat_result], now_s: float) -> list[str]:
+        """Update every file's state from the listing; return the names to try now, oldest (mtime, name)
+        first, none after a file that is still SETTLING (so delivery follows the order of completion)."""
+        files = self._files
+        for name in [n for n in files if n not in entries]:  # deleted or renamed away
+            del files[name]
         for name, st in entries.items():
-            if name in self._failed and self._failed[name] != (st.st_size, st.st_mtime_ns):
-                del self._failed[name]  # a skipped file was rewritten: give it another chance
-                done.discard(name)
-            if name in done:
-                continue
-            seen = pending.get(name)
-            if seen is None or seen.size != st.st_size or seen.mtime_ns != st.st_mtime_ns:
-                pending[name] = _Pending(st.st_size, st.st_mtime_ns, now_s)
+            tracked = files.get(name)
+            if tracked is None or (tracked.size, tracked.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                files[name] = _Tracked(st.st_size, st.st_mtime_ns, now_s)
         ready: list[str] = []
-        for name in sorted(pending, key=lambda n: (pending[n].mtime_ns, n)):
-            item = pending[name]
-            if item.size == 0 or now_s - item.stable_since_s < self.settings.settle_s:
-                break
-            ready.append(name)
+        waiting = [n for n, t in files.items() if t.state != _FileState.DONE]
+        for name in sorted(waiting, key=lambda n: (files[n].mtime_ns, n)):
+            tracked = files[name]
+            if tracked.state == _FileState.SETTLING:
+                if now_s - tracked.since_s < self.settings.settle_s:
+                    break
+                ready.append(name)
+            elif now_s >= tracked.next_attempt_s:  # RETRYING: due again; never holds back the others
+                ready.append(name)
         return ready
 
     def _read(
-        self, path: Path, pending: dict[str, _Pending], done: set[str], now_s: float, sink: FrameSink, index: int,
-        first_mtime_ns: int | None,
+        self, path: Path, now_s: float, sink: FrameSink, index: int, first_mtime_ns: int | None
     ) -> Frame | None:
-        """Decode a settled file; None when it is not (yet) a complete image or changed meanwhile."""
-        item = pending[path.name]
+        """Decode a settled file; None when it is not (yet) a complete image, changed meanwhile or vanished."""
+        tracked = self._files[path.name]
+        if tracked.size == 0:
+            self._failed(path, tracked, now_s, sink, "empty (0 bytes)")
+            return None
         try:
-            pixel_format, planes = decode_image(path)
-            st = path.stat()
+            pixel_format, planes = decode_image(path, self.config.max_image_pixels)
+        except ImageTooLargeError as exc:  # the header is final: waiting would not make it smaller
+            tracked.state = _FileState.DONE
+            reason = f"scanner file {path} skipped: {exc}"
+            sink.put_event(make_event(self.stream_id, StreamState.ERROR, reason, fatal=False))
+            return None
         except (SourceError, OSError) as exc:
-            if not path.exists():
-                del pending[path.name]
-            elif now_s - item.stable_since_s >= self.settings.give_up_s:
-                del pending[path.name]
-                done.add(path.name)
-                self._failed[path.name] = (item.size, item.mtime_ns)
-                reason = f"scanner file {path} is not a decodable image, skipped: {exc}"
-                sink.put_event(make_event(self.stream_id, StreamState.ERROR, reason, fatal=False))
+            self._failed(path, tracked, now_s, sink, str(exc))
             return None
-        if st.st_size != item.size or st.st_mtime_ns != item.mtime_ns:
-            pending[path.name] = _Pending(st.st_size, st.st_mtime_ns, time.monotonic())  # written meanwhile
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            del self._files[path.name]
             return None
-        del pending[path.name]
-        done.add(path.name)
-        origin_ns = first_mtime_ns if first_mtime_ns is not None else item.mtime_ns
+        except OSError as exc:
+            self._failed(path, tracked, now_s, sink, f"cannot stat: {exc}")
+            return None
+        if (st.st_size, st.st_mtime_ns) != (tracked.size, tracked.mtime_ns):  # written meanwhile: settle again
+            self._files[path.name] = _Tracked(st.st_size, st.st_mtime_ns, time.monotonic())
+            return None
+        tracked.state = _FileState.DONE
+        origin_ns = first_mtime_ns if first_mtime_ns is not None else tracked.mtime_ns
         height, width = planes[0].shape[:2]
         return Frame(
             stream_id=self.stream_id,
             index=index,
-            pts_s=(item.mtime_ns - origin_ns) / 1e9,
-            capture_time_ns=item.mtime_ns,
+            pts_s=(tracked.mtime_ns - origin_ns) / 1e9,
+            capture_time_ns=tracked.mtime_ns,
             received_mono_ns=time.monotonic_ns(),
             pixel_format=pixel_format,
             planes=planes,
@@ -221,10 +287,30 @@ class ScannerSource(Source):
             height=height,
         )
 
+    def _failed(self, path: Path, tracked: _Tracked, now_s: float, sink: FrameSink, detail: str) -> None:
+        """A stable file that did not decode: retry after ``settle_s``, or give up after ``give_up_s`` with an
+        ERROR naming it.  A file that vanished meanwhile is forgotten."""
+        if not os.path.lexists(path):
+            self._files.pop(path.name, None)
+            return
+        tracked.attempts += 1
+        stable_s = now_s - tracked.since_s
+        if stable_s >= self.settings.give_up_s:
+            tracked.state = _FileState.DONE
+            reason = (f"scanner file {path} skipped after {tracked.attempts} attempts over {stable_s:.1f} s "
+                      f"without change: {detail}")
+            sink.put_event(make_event(self.stream_id, StreamState.ERROR, reason, fatal=False))
+        else:
+            tracked.state = _FileState.RETRYING
+            tracked.next_attempt_s = now_s + self.settings.settle_s
 
-def _list_candidates(folder: Path) -> dict[str, os.stat_result]:
-    """Regular files in ``folder`` whose names may be finished images, with their stat."""
+
+def _list_candidates(folder: Path) -> tuple[dict[str, os.stat_result], dict[str, str]]:
+    """Regular files in ``folder`` whose names may be finished images, with their stat; and the candidate
+    names that cannot be stat'ed (symlink loops, permission errors), with why.  Directories and other
+    non-regular entries are not images and are left alone; only a failure to list the folder itself raises."""
     entries: dict[str, os.stat_result] = {}
+    bad: dict[str, str] = {}
     with os.scandir(folder) as it:
         for entry in it:
             if not is_candidate(entry.name):
@@ -232,6 +318,8 @@ def _list_candidates(folder: Path) -> dict[str, os.stat_result]:
             try:
                 if entry.is_file():
                     entries[entry.name] = entry.stat()
-            except FileNotFoundError:  # vanished between listing and stat
+            except FileNotFoundError:  # vanished between listing and stat (or a dangling symlink)
                 continue
-    return entries
+            except OSError as exc:
+                bad[entry.name] = f"{type(exc).__name__}: {exc.strerror or exc}"
+    return entries, bad

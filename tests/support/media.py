@@ -120,3 +120,14 @@ def write_atomically(path: str | Path, data: bytes, *, temp_suffix: str = ".tmp"
     temp = Path(str(path) + temp_suffix)
     write_slowly(temp, data, chunks=chunks, pause_s=pause_s)
     os.replace(temp, path)
+
+
+def write_huge_tiff(path: str | Path, width: int, height: int, tile: int = 1024) -> Path:
+    """A zlib-compressed, tiled, all-zero uint8 TIFF declaring ``width`` x ``height``: a few MB on disk whatever
+    the size it declares (a decompression bomb); written tile by tile, never holding the full image."""
+    tiles = -(-height // tile) * -(-width // tile)
+    zeros = np.zeros((tile, tile), np.uint8)
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(shape=(height, width), dtype=np.uint8, compression="zlib", tile=(tile, tile),
+                     data=(zeros for _ in range(tiles)))
+    return Path(path)
