@@ -1,13 +1,18 @@
 """``amodal.Subscriber``: iterate over an engine's published results.
 
 >>> with Subscriber("tcp://127.0.0.1:5555", streams=["cam1"]) as sub:
-...     for msg in sub:                       # FrameMessage | StatusMessage | MetricsMessage
+...     for msg in sub:                       # FrameMessage | AmendmentMessage | StatusMessage | MetricsMessage
 ...         if isinstance(msg, FrameMessage):
 ...             for obj in msg.result.objects:
 ...                 visible = obj.mask.decode()   # bool[H, W], decoded only when asked for
+...         elif isinstance(msg, AmendmentMessage):  # a slow stage's additions to a frame already yielded
+...             for obj, ref in zip(msg.amendment.objects, msg.amendment.refs):
+...                 ...                       # ref: index into that frame's objects, or None (a new object)
 
-Malformed or foreign messages are logged, counted in ``stats.malformed`` and skipped; lost messages
-show as gaps in the per-topic sequence numbers and are counted in ``stats.lost``.
+Malformed or foreign messages are logged, counted in ``stats.malformed`` and skipped.  Version-1 messages
+of a type this release does not know (added later, additively) are skipped quietly and counted in
+``stats.unknown_types``.  Lost messages show as gaps in the sequence numbers, which run per topic and
+message type (a topic's amendments are numbered apart from its frames), and are counted in ``stats.lost``.
 """
 from __future__ import annotations
 
@@ -21,20 +26,26 @@ import zmq
 
 from amodal import schema
 from amodal.errors import SchemaError
-from amodal.schema import FrameMessage, Message, MetricsMessage, StatusMessage
+from amodal.schema import AmendmentMessage, FrameMessage, Message, MetricsMessage, StatusMessage, UnknownMessageTypeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Subscriber", "SubscriberStats", "FrameMessage", "StatusMessage", "MetricsMessage"]
+__all__ = ["Subscriber", "SubscriberStats", "FrameMessage", "AmendmentMessage", "StatusMessage", "MetricsMessage"]
 
 
 @dataclass
 class SubscriberStats:
+    """What a subscriber has seen: every multipart message it received is counted in ``received`` and is
+    either yielded, skipped as ``malformed``, skipped as one of the ``unknown_types`` or (with
+    ``amendments=False``) skipped as an amendment."""
+
     received: int = 0
     malformed: int = 0
+    unknown_types: int = 0  # version-1 messages of a type this release does not know
     last_error: str | None = None
-    lost: collections.Counter = field(default_factory=collections.Counter)  # topic → messages missed
-    restarts: int = 0  # publisher restarts seen (sequence numbers went back)
+    lost: collections.Counter = field(default_factory=collections.Counter)  # topic → messages missed (every type)
+    lost_amendments: collections.Counter = field(default_factory=collections.Counter)  # topic → of those, amendments
+    restarts: int = 0  # publisher restarts seen (a sequence number went back)
 
 
 class Subscriber:
@@ -45,15 +56,18 @@ class Subscriber:
         *,
         status: bool = True,
         metrics: bool = False,
+        amendments: bool = True,
         timeout_s: float | None = None,
         rcv_hwm: int = 100000,
         context: zmq.Context | None = None,
     ) -> None:
-        """``streams=None`` subscribes to every stream; ``timeout_s`` ends iteration after that much silence."""
+        """``streams=None`` subscribes to every stream; ``amendments=False`` skips amendment messages
+        (silently: they are not malformed); ``timeout_s`` ends iteration after that much silence."""
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.amendments = amendments
         self.stats = SubscriberStats()
-        self._last_seq: dict[str, int] = {}
+        self._last_seq: dict[tuple[str, str], int] = {}  # (topic, message type) → last sequence number
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, rcv_hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -73,28 +87,44 @@ class Subscriber:
             remaining_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             if not self._socket.poll(remaining_ms):
                 return None
-            parts = self._socket.recv_multipart()
-            self.stats.received += 1
-            try:
-                if len(parts) != 2:
-                    raise SchemaError(f"expected 2 message parts [topic, payload], got {len(parts)}")
-                message = schema.decode(parts[0], parts[1])
-            except SchemaError as exc:
-                self.stats.malformed += 1
-                self.stats.last_error = str(exc)
-                log.warning("skipped a malformed message: %s", exc)
-                continue
-            self._track_sequence(message)
-            return message
+            message = self._accept(self._socket.recv_multipart())
+            if message is not None:
+                return message
+
+    def _accept(self, parts: list[bytes]) -> Message | None:
+        """Decode, count and sequence-check one multipart message; None when it is skipped."""
+        self.stats.received += 1
+        try:
+            if len(parts) != 2:
+                raise SchemaError(f"expected 2 message parts [topic, payload], got {len(parts)}")
+            message = schema.decode(parts[0], parts[1])
+        except UnknownMessageTypeError as exc:
+            self.stats.unknown_types += 1
+            log.debug("skipped a message of a type this release does not know: %s", exc)
+            return None
+        except SchemaError as exc:
+            self.stats.malformed += 1
+            self.stats.last_error = str(exc)
+            log.warning("skipped a malformed message: %s", exc)
+            return None
+        if isinstance(message, AmendmentMessage) and not self.amendments:
+            return None
+        self._track_sequence(message)
+        return message
 
     def _track_sequence(self, message: Message) -> None:
-        last = self._last_seq.get(message.topic)
+        """Gaps in a (topic, message type) sequence are lost messages; a step back is a publisher restart."""
+        key = (message.topic, message.WIRE_TYPE)
+        last = self._last_seq.get(key)
         if last is not None:
             if message.seq > last + 1:
-                self.stats.lost[message.topic] += message.seq - last - 1
+                missed = message.seq - last - 1
+                self.stats.lost[message.topic] += missed
+                if isinstance(message, AmendmentMessage):
+                    self.stats.lost_amendments[message.topic] += missed
             elif message.seq <= last:
                 self.stats.restarts += 1
-        self._last_seq[message.topic] = message.seq
+        self._last_seq[key] = message.seq
 
     def __iter__(self) -> Iterator[Message]:
         while True:
