@@ -1,4 +1,4 @@
-"""``amodal run --source URI [--source URI ...] --analyzer NAME --publish ENDPOINT [--max-frames N] [--config FILE]``.
+"""``amodal run --source URI [--source URI ...] --pipeline STAGE[,STAGE] --publish ENDPOINT [--annotate OUT.mp4] [--config FILE]``.
 
 A source is ``URI`` or ``ID=URI`` (ids default to s0, s1, …).  Per-source settings beyond the flags
 come from the YAML config (README, "Configuration").  SIGINT/SIGTERM stop cleanly: sources close,
@@ -15,9 +15,14 @@ import signal
 import sys
 import threading
 
-from amodal.engine.analyzers import ANALYZER_NAMES
-from amodal.engine.config import EngineConfig
-from amodal.errors import EngineError
+from amodal.engine.config import (
+    DEFAULT_PIPELINE,
+    EngineConfig,
+    PipelineConfig,
+    parse_stage_list,
+    pipeline_from_analyzer,
+)
+from amodal.errors import ConfigError, EngineError
 from amodal.streams.base import SourceConfig
 
 _ID_PREFIX = re.compile(r"^([A-Za-z0-9_.\-]{1,64})=(.+)$")
@@ -29,6 +34,36 @@ def parse_source(text: str, index: int) -> tuple[str, str]:
     if match and "://" not in match.group(1):
         return match.group(1), match.group(2)
     return f"s{index}", text
+
+
+def _pipeline_from_flags(args: argparse.Namespace, base: EngineConfig) -> tuple[PipelineConfig, ...]:
+    """``--pipeline a,b`` (or the legacy ``--analyzer NAME``) with the stage flags applied; else the config's."""
+    if args.pipeline and args.analyzer:
+        raise ConfigError("give --pipeline or --analyzer, not both")
+    if args.pipeline:
+        pipeline = PipelineConfig.of(DEFAULT_PIPELINE, parse_stage_list(args.pipeline))
+    elif args.analyzer:
+        pipeline = pipeline_from_analyzer({"name": args.analyzer}, "--analyzer")
+    elif len(base.pipelines) == 1:
+        pipeline = base.pipelines[0]
+    else:
+        if args.weights or args.score_threshold is not None or args.reid_weights or args.gallery or args.query_endpoint:
+            raise ConfigError("the config has several pipelines: set stage settings in its pipelines: section")
+        return base.pipelines
+    primary = {"weights": args.weights, "score_threshold": args.score_threshold}
+    reid = {"weights": args.reid_weights, "gallery_path": args.gallery, "query_endpoint": args.query_endpoint}
+    stages = []
+    for i, stage in enumerate(pipeline.stages):
+        overrides = reid if stage.name == "reid" else primary if i == 0 else {}
+        overrides = {k: v for k, v in overrides.items() if v is not None and hasattr(stage.settings, k)}
+        stages.append(dataclasses.replace(stage, settings=dataclasses.replace(stage.settings, **overrides)))
+    unused = [f"--{k.replace('_', '-')}" for k, v in primary.items() if v is not None
+              and not hasattr(pipeline.stages[0].settings, k)]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)} do not apply to stage {pipeline.stages[0].name!r}")
+    if any(v is not None for v in reid.values()) and "reid" not in pipeline.stage_names:
+        raise ConfigError("--reid-weights, --gallery and --query-endpoint need a reid stage in the pipeline")
+    return (dataclasses.replace(pipeline, stages=tuple(stages)),)
 
 
 def build_config(args: argparse.Namespace) -> EngineConfig:
@@ -47,41 +82,45 @@ def build_config(args: argparse.Namespace) -> EngineConfig:
             )
             for s in sources
         ]
-    analyzer = base.analyzer
-    if args.analyzer or args.weights or args.score_threshold is not None:
-        analyzer = dataclasses.replace(
-            analyzer,
-            name=args.analyzer or analyzer.name,
-            weights=args.weights or analyzer.weights,
-            score_threshold=analyzer.score_threshold if args.score_threshold is None else args.score_threshold,
-        )
-    reid_overrides = {"weights": args.reid_weights, "gallery_path": args.gallery, "query_endpoint": args.query_endpoint}
-    if any(v is not None for v in reid_overrides.values()):
-        analyzer = dataclasses.replace(analyzer, reid=dataclasses.replace(
-            analyzer.reid, **{k: v for k, v in reid_overrides.items() if v is not None}))
+    pipelines = _pipeline_from_flags(args, base)
+    flagged = bool(args.pipeline or args.analyzer)
+    if flagged:  # one pipeline from the command line: every source runs through it
+        sources = [dataclasses.replace(s, pipeline=None) for s in sources]
     overrides = {
         "publish": args.publish,
         "max_batch_size": args.batch_size,
         "max_wait_ms": args.max_wait_ms,
         "device": args.device,
+        "annotate": args.annotate,
+        "wait_for_subscribers": args.wait_subscribers,
+        "wait_for_subscribers_timeout_s": args.wait_subscribers_timeout,
     }
-    return dataclasses.replace(
-        base, sources=tuple(sources), analyzer=analyzer, **{k: v for k, v in overrides.items() if v is not None}
-    )
+    return dataclasses.replace(base, sources=tuple(sources), pipelines=pipelines,
+                               default_pipeline=None if flagged else base.default_pipeline,
+                               **{k: v for k, v in overrides.items() if v is not None})
 
 
 def parser() -> argparse.ArgumentParser:
+    from amodal.engine.stages import STAGES
+
+    stage_help = "; ".join(f"{name}: {entry.summary}" for name, entry in STAGES.items())
     p = argparse.ArgumentParser(prog="amodal run", description=__doc__.splitlines()[0])
     p.add_argument("--source", action="append", metavar="[ID=]URI", help="file, rtsp://, http(s)://, scanner://DIR, /dev/videoN, synthetic://")
-    p.add_argument("--analyzer", choices=ANALYZER_NAMES, help="default: identity (or the config's)")
-    p.add_argument("--weights", help="local weights file for the analyzer")
-    p.add_argument("--score-threshold", type=float)
+    p.add_argument("--pipeline", metavar="STAGE[,STAGE...]",
+                   help=f"the stages every --source runs through, in order (default: the config's, else identity). Stages: {stage_help}")
+    p.add_argument("--analyzer", help="legacy one-stage pipeline (reid means ovis,reid)")
+    p.add_argument("--weights", help="local weights file for the first stage")
+    p.add_argument("--score-threshold", type=float, help="the first stage's detection threshold")
     p.add_argument("--reid-weights", help="reid: MBF weights file (default: the shipped ones)")
     p.add_argument("--gallery", help="reid: gallery file, restored at start and saved while running")
-    p.add_argument("--query-endpoint", help="reid: ZeroMQ REP endpoint for gallery queries (amodal query)")
+    p.add_argument("--query-endpoint", help="reid: ZeroMQ endpoint for gallery queries (amodal query)")
     p.add_argument("--publish", help="ZeroMQ PUB endpoint to bind (default tcp://127.0.0.1:5555)")
+    p.add_argument("--annotate", metavar="OUT.mp4", help="write the annotated video (per stream when several: OUT_<stream>.mp4)")
+    p.add_argument("--wait-subscribers", type=int, metavar="N",
+                   help="attach sources only once N subscribers have subscribed (file jobs that must not lose the start)")
+    p.add_argument("--wait-subscribers-timeout", type=float, metavar="S", help="give up waiting after S seconds (default 10)")
     p.add_argument("--max-frames", type=int, help="stop each source after N frames")
-    p.add_argument("--config", help="YAML config (sources with per-source settings, analyzer, batching)")
+    p.add_argument("--config", help="YAML config (sources with per-source settings, pipelines, batching)")
     p.add_argument("--batch-size", type=int, help="max micro-batch size")
     p.add_argument("--max-wait-ms", type=float, help="max wait for a batch to fill")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -115,9 +154,14 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    print(f"amodal: {len(config.sources)} source(s) → {config.analyzer.name} on {engine.device} → {engine.publisher.bound_endpoint}", file=sys.stderr)
+    pipelines = "; ".join(f"{p.name}: {','.join(p.stage_names)}" for p in config.pipelines)
+    print(f"amodal: {len(config.sources)} source(s) → {pipelines} on {engine.device} → {engine.publisher.bound_endpoint}", file=sys.stderr)
     while not stop.is_set() and not engine.wait(0.2):
         pass
     engine.stop()
     print(json.dumps(engine.snapshot()), file=sys.stderr)
+    if engine.failures:
+        for failure in engine.failures:
+            print(f"amodal run: error: {failure}", file=sys.stderr)
+        return 1
     return 0

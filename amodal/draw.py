@@ -28,15 +28,40 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
+def label_of(obj: ObjectResult) -> str:
+    """``#track id<global> class score occ 40% L2``: what is known of the object."""
+    label = f"{obj.class_name} {obj.score:.2f}"
+    if obj.global_id is not None:
+        label = f"id{obj.global_id} " + label
+    if obj.track_id is not None:
+        label = f"#{obj.track_id} " + label
+    if obj.occlusion_level is not None:
+        label += f" occ {obj.occlusion_level:.0%}"
+    if obj.occlusion_layer is not None:
+        label += f" L{obj.occlusion_layer}"
+    return label
+
+
+def _fits(mask, shape: tuple[int, ...]) -> bool:
+    return mask is not None and (mask.height, mask.width) == shape[:2]
+
+
 def draw_result(image_rgb: np.ndarray, result: FrameResult, alpha: float = 0.45) -> np.ndarray:
-    """uint8[H, W, 3] with ``result``'s objects drawn (a new array)."""
+    """uint8[H, W, 3] with ``result``'s objects drawn (a new array): visible masks filled, occluder masks darkened
+    with a stripe pattern, amodal outlines (the hidden part of an occluded object shows as outline beyond its
+    fill), boxes and labels (track and global ids, class, score, occlusion level and layer)."""
     out = image_rgb.astype(np.float32)
+    h, w = image_rgb.shape[:2]
+    stripes = ((np.arange(h)[:, None] + np.arange(w)[None, :]) % 6) < 2
     for obj in result.objects:
         colour = np.array(colour_of(obj), dtype=np.float32)
-        if obj.mask is not None and (obj.mask.height, obj.mask.width) == image_rgb.shape[:2]:
+        if _fits(obj.occluder_mask, image_rgb.shape):
+            m = obj.occluder_mask.decode() & stripes
+            out[m] = 0.5 * out[m] + 0.5 * colour * 0.4
+        if _fits(obj.mask, image_rgb.shape):
             m = obj.mask.decode()
             out[m] = (1 - alpha) * out[m] + alpha * colour
-        if obj.amodal_mask is not None and (obj.amodal_mask.height, obj.amodal_mask.width) == image_rgb.shape[:2]:
+        if _fits(obj.amodal_mask, image_rgb.shape):
             out[_outline(obj.amodal_mask.decode())] = colour
     canvas = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
@@ -44,11 +69,7 @@ def draw_result(image_rgb: np.ndarray, result: FrameResult, alpha: float = 0.45)
         colour = colour_of(obj)
         x1, y1, x2, y2 = obj.box_xyxy
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=2)
-        label = f"{obj.class_name} {obj.score:.2f}"
-        if obj.track_id is not None:
-            label = f"#{obj.track_id} " + label
-        if obj.occlusion_level is not None:
-            label += f" occ {obj.occlusion_level:.0%}"
+        label = label_of(obj)
         tx, ty = x1 + 2, max(0, y1 - 12)
         draw.rectangle((tx - 1, ty, tx + 6 * len(label) + 1, ty + 11), fill=(0, 0, 0))
         draw.text((tx, ty), label, fill=colour)

@@ -1,7 +1,8 @@
 """Weights that ship with amodal: small models trained here by ``amodal.training`` on our synthetic data.
 
 Each file is safetensors with its metadata record (classes, input size, normalisation, training data,
-metric and score, commit); retraining commands are in README.md ("Shipped weights")."""
+metric and score, commit); retraining commands are in README.md ("Shipped weights").  Each stage names its
+own file (``Stage.shipped_weights``); this module only finds it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,15 +10,13 @@ from pathlib import Path
 from amodal.errors import ConfigError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "_weights"
-SHIPPED = {"maskrcnn": "maskrcnn_tiny_synthetic.safetensors", "ovis": "cmasktrack_tiny_synthetic.safetensors",
-           "reid": "mbf_tiny_synthetic.safetensors"}
 
 
-def default_weights(analyzer: str) -> Path:
-    """The shipped weights file of ``analyzer``."""
-    if analyzer not in SHIPPED:
-        raise ConfigError(f"no shipped weights for {analyzer!r}; shipped: {sorted(SHIPPED)}")
-    path = WEIGHTS_DIR / SHIPPED[analyzer]
+def shipped_weights(filename: str) -> Path:
+    """The path of a shipped weights file; ConfigError naming the file when it is missing."""
+    path = WEIGHTS_DIR / filename
     if not path.is_file():
-        raise ConfigError(f"shipped weights {path} are missing; retrain them (README, 'Shipped weights')")
+        shipped = sorted(p.name for p in WEIGHTS_DIR.glob("*.safetensors"))
+        raise ConfigError(f"shipped weights {path} are missing (shipped: {shipped}); retrain them "
+                          f"(README, 'Shipped weights')")
     return path

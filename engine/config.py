@@ -1,80 +1,96 @@
-"""Engine configuration: one frozen dataclass, loaded from CLI flags or a YAML file."""
+"""Engine configuration: frozen dataclasses, loaded from CLI flags or a YAML file.
+
+```yaml
+pipelines:
+  cameras:  [{stage: ovis}, {stage: reid, gallery_path: /var/lib/amodal/gallery.amg}]
+  scanners: [{stage: maskrcnn, weights: /models/xray.safetensors}]
+sources:
+  - {uri: "rtsp://10.0.0.5/s1", pipeline: cameras}
+  - {uri: "scanner:///srv/xray/belt1", pipeline: scanners}
+```
+
+A pipeline entry is a stage name or a mapping ``{stage: NAME, rate: {...}, <the stage's settings>}``; ``rate`` is
+a ``RatePolicy`` (``every`` / ``nth`` / ``newest``, or just the mode as a string).  The legacy ``analyzer:`` section
+(``{name, weights, score_threshold, …, reid: {…}}``) still works as a one-pipeline config.  Unknown stages, keys and
+pipeline names are ``ConfigError``s that name them and list the known ones.
+"""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from amodal.engine.stage import RatePolicy
 from amodal.errors import ConfigError, SchemaError
 from amodal.schema import validate_stream_id
+from amodal.settings import build_settings, field_names
 from amodal.streams.base import SourceConfig
 
-
-@dataclass(frozen=True)
-class ReidConfig:
-    """The ``reid`` stage on person tracks: MBF weights, the gallery and its query endpoint.
-
-    ``weights``: MBF safetensors (None = the shipped ones); ``gallery_path``: where the gallery is restored from
-    and saved to (None = in memory only); ``save_interval_s``: autosave period (0 = only at shutdown);
-    ``match_threshold``: cosine similarity a new track needs to join a known identity (None = the weights'
-    measured equal-error threshold of cross-camera same-person pairs, else 0.6); ``min_observations``:
-    frames a track is seen before it gets an identity; ``query_endpoint``: ZeroMQ REP endpoint answering gallery
-    queries (None = no endpoint); ``min_box_height_px``: person boxes shorter than this are not embedded;
-    ``track_lost_frames``: a person track not seen for this many frames of its stream is ended in the gallery,
-    so that its identity can go to a new track of the same stream (the person re-appearing after a break).
-    """
-
-    weights: str | None = None
-    gallery_path: str | None = None
-    save_interval_s: float = 10.0
-    match_threshold: float | None = None
-    min_observations: int = 3
-    query_endpoint: str | None = None
-    person_class: str = "person"
-    min_box_height_px: float = 16.0
-    track_lost_frames: int = 25
-
-    def __post_init__(self) -> None:
-        if self.match_threshold is not None and not -1.0 <= self.match_threshold <= 1.0:
-            raise ConfigError(f"analyzer.reid.match_threshold is a cosine similarity in [-1, 1], got {self.match_threshold}")
-        if self.min_observations < 1:
-            raise ConfigError(f"analyzer.reid.min_observations must be >= 1, got {self.min_observations}")
-        if self.save_interval_s < 0:
-            raise ConfigError(f"analyzer.reid.save_interval_s must be >= 0, got {self.save_interval_s}")
-        if self.track_lost_frames < 1:
-            raise ConfigError(f"analyzer.reid.track_lost_frames must be >= 1, got {self.track_lost_frames}")
-        if self.min_box_height_px < 0:
-            raise ConfigError(f"analyzer.reid.min_box_height_px must be >= 0, got {self.min_box_height_px}")
+DEFAULT_PIPELINE = "default"
 
 
 @dataclass(frozen=True)
-class AnalyzerConfig:
-    """Which analyzer runs and its settings (``weights`` is a local file; nothing is downloaded).
+class StageConfig:
+    """One stage of a pipeline: its registry ``name``, its settings dataclass (None = defaults) and its rate
+    policy (None = the stage's default)."""
 
-    For ``reid``, ``weights`` are the primary ``ovis`` stage's and ``reid`` configures the secondary stage."""
-
-    name: str = "identity"
-    weights: str | None = None
-    score_threshold: float = 0.5
-    mask_threshold: float = 0.5
-    max_detections: int = 100
-    reid: ReidConfig = field(default_factory=ReidConfig)
+    name: str
+    settings: Any = None
+    rate: RatePolicy | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise ConfigError(f"analyzer.score_threshold must be in [0, 1], got {self.score_threshold}")
-        if not 0.0 < self.mask_threshold < 1.0:
-            raise ConfigError(f"analyzer.mask_threshold must be in (0, 1), got {self.mask_threshold}")
-        if self.max_detections <= 0:
-            raise ConfigError(f"analyzer.max_detections must be > 0, got {self.max_detections}")
+        from amodal.engine.stages import stage_entry, stage_settings
+
+        entry = stage_entry(self.name)
+        if not isinstance(self.settings, entry.settings):
+            object.__setattr__(self, "settings", stage_settings(self.name, self.settings))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A named, ordered list of stages."""
+
+    name: str
+    stages: tuple[StageConfig, ...]
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or any(c.isspace() for c in self.name):
+            raise ConfigError(f"invalid pipeline name {self.name!r}: non-empty, no '/' and no whitespace")
+        if not self.stages:
+            raise ConfigError(f"pipeline {self.name!r} has no stages")
+
+    @classmethod
+    def of(cls, name: str, stages: Sequence[str | StageConfig]) -> "PipelineConfig":
+        """``PipelineConfig.of("cams", ["ovis", "reid"])``: stages by name with default settings."""
+        return cls(name, tuple(s if isinstance(s, StageConfig) else StageConfig(s) for s in stages))
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+
+def parse_stage_list(text: str) -> tuple[str, ...]:
+    """``"ovis,reid"`` → ("ovis", "reid") (the ``--pipeline`` shorthand)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise ConfigError(f"--pipeline needs stage names separated by commas, got {text!r}")
+    return names
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Sources, analyzer, batching, device and publishing of one engine."""
+    """Sources, pipelines, batching, device and sinks of one engine.
+
+    ``default_pipeline``: the pipeline of sources that name none (None = the only pipeline, else ``default``);
+    ``wait_for_subscribers``: before attaching the configured sources, wait until this many ``Subscriber``s have
+    subscribed (at most ``wait_for_subscribers_timeout_s``, then start anyway with a warning) — for file jobs whose
+    consumers must see every frame; ``annotate``: write an annotated MP4 per stream (``{stream}`` in the path is
+    replaced by the stream id; without it, several streams get ``<stem>_<stream>.mp4``)."""
 
     sources: tuple[SourceConfig, ...] = ()
-    analyzer: AnalyzerConfig = field(default_factory=AnalyzerConfig)
+    pipelines: tuple[PipelineConfig, ...] = (PipelineConfig.of(DEFAULT_PIPELINE, ["identity"]),)
+    default_pipeline: str | None = None
     publish: str = "tcp://127.0.0.1:5555"
     max_batch_size: int = 8
     max_wait_ms: float = 5.0
@@ -83,6 +99,9 @@ class EngineConfig:
     linger_ms: int = 2000  # how long close() waits to flush queued messages
     metrics_interval_s: float = 1.0
     exit_when_done: bool = True  # stop when every source has ended (files); live sources never end
+    wait_for_subscribers: int = 0
+    wait_for_subscribers_timeout_s: float = 10.0
+    annotate: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size <= 0:
@@ -93,6 +112,17 @@ class EngineConfig:
             raise ConfigError("send_hwm and metrics_interval_s must be > 0, linger_ms >= 0")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not isinstance(self.wait_for_subscribers, int) or self.wait_for_subscribers < 0:
+            raise ConfigError(f"wait_for_subscribers must be an integer >= 0, got {self.wait_for_subscribers!r}")
+        if self.wait_for_subscribers_timeout_s <= 0:
+            raise ConfigError(f"wait_for_subscribers_timeout_s must be > 0, got {self.wait_for_subscribers_timeout_s}")
+        names = [p.name for p in self.pipelines]
+        if not names:
+            raise ConfigError("no pipelines: give pipelines:, --pipeline or --analyzer")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"duplicate pipeline names {duplicates}")
+        self.pipeline_for(None)  # the default exists
         seen: set[str] = set()
         for source in self.sources:
             try:
@@ -102,7 +132,21 @@ class EngineConfig:
             if source.stream_id in seen:
                 raise ConfigError(f"duplicate stream id {source.stream_id!r}")
             seen.add(source.stream_id)
+            self.pipeline_for(source.pipeline, f"source {source.stream_id}")
 
+    def pipeline_for(self, name: str | None, where: str = "config") -> PipelineConfig:
+        """The pipeline called ``name`` (None = the default one); ConfigError listing the known ones."""
+        by_name = {p.name: p for p in self.pipelines}
+        if name is None:
+            name = self.default_pipeline or (self.pipelines[0].name if len(self.pipelines) == 1 else DEFAULT_PIPELINE)
+            if name not in by_name:
+                raise ConfigError(f"{where}: names no pipeline and there is no default one (set default_pipeline: "
+                                  f"one of {', '.join(by_name)})")
+        if name not in by_name:
+            raise ConfigError(f"{where}: unknown pipeline {name!r}; known pipelines: {', '.join(by_name)}")
+        return by_name[name]
+
+    # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "EngineConfig":
         """Load a YAML config (see README); ``overrides`` replace top-level keys."""
@@ -121,41 +165,90 @@ class EngineConfig:
         return cls.from_dict(data, where=str(path))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "EngineConfig":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "config") -> "EngineConfig":
         data = dict(data)
-        known = {f.name for f in fields(cls)} | {"source_defaults"}
-        unknown = set(data) - known
+        known = set(field_names(cls)) | {"source_defaults", "analyzer"}
+        unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
         defaults = data.pop("source_defaults", None) or {}
+        if not isinstance(defaults, Mapping):
+            raise ConfigError(f"{where}: source_defaults must be a mapping")
         sources = []
         for i, entry in enumerate(data.pop("sources", None) or []):
             if isinstance(entry, str):
                 entry = {"uri": entry}
-            if not isinstance(entry, dict):
+            if not isinstance(entry, Mapping):
                 raise ConfigError(f"{where}: sources[{i}] must be a URI or a mapping")
             merged = {**defaults, **entry}
             merged.setdefault("stream_id", f"s{i}")
-            sources.append(_build(SourceConfig, merged, f"{where}: sources[{i}]"))
-        analyzer = data.pop("analyzer", None) or {}
-        if isinstance(analyzer, str):
-            analyzer = {"name": analyzer}
-        if not isinstance(analyzer, dict):
-            raise ConfigError(f"{where}: analyzer must be a name or a mapping")
-        if "reid" in analyzer:
-            reid = analyzer["reid"] or {}
-            if not isinstance(reid, dict):
-                raise ConfigError(f"{where}: analyzer.reid must be a mapping")
-            analyzer = {**analyzer, "reid": _build(ReidConfig, reid, f"{where}: analyzer.reid")}
-        return _build(cls, {**data, "sources": tuple(sources), "analyzer": _build(AnalyzerConfig, analyzer, f"{where}: analyzer")}, where)
+            sources.append(build_settings(SourceConfig, merged, f"{where}: sources[{i}]"))
+        analyzer = data.pop("analyzer", None)
+        if analyzer is not None and "pipelines" in data:
+            raise ConfigError(f"{where}: give pipelines: or the legacy analyzer:, not both")
+        if analyzer is not None:
+            data["pipelines"] = (pipeline_from_analyzer(analyzer, f"{where}: analyzer"),)
+        elif "pipelines" in data:
+            data["pipelines"] = pipelines_from_mapping(data["pipelines"], f"{where}: pipelines")
+        return build_settings(cls, {**data, "sources": tuple(sources)}, where)
 
 
-def _build(kind: type, values: dict[str, Any], where: str):
-    names = {f.name for f in fields(kind)}
-    unknown = set(values) - names
+def pipelines_from_mapping(raw: Any, where: str) -> tuple[PipelineConfig, ...]:
+    """``{name: [stage entries]}`` → pipelines."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(f"{where}: must map pipeline names to lists of stages")
+    return tuple(pipeline_from_list(str(name), stages, f"{where}.{name}") for name, stages in raw.items())
+
+
+def pipeline_from_list(name: str, entries: Any, where: str) -> PipelineConfig:
+    if isinstance(entries, str):
+        entries = list(parse_stage_list(entries))
+    if not isinstance(entries, (list, tuple)) or not entries:
+        raise ConfigError(f"{where}: a pipeline is a non-empty list of stages")
+    return PipelineConfig(name, tuple(stage_from_entry(e, f"{where}[{i}]") for i, e in enumerate(entries)))
+
+
+def stage_from_entry(entry: Any, where: str) -> StageConfig:
+    """``"ovis"`` or ``{stage: ovis, rate: newest, score_threshold: 0.6}`` → StageConfig."""
+    from amodal.engine.stages import stage_entry, stage_settings
+
+    if isinstance(entry, str):
+        entry = {"stage": entry}
+    if not isinstance(entry, Mapping) or "stage" not in entry:
+        raise ConfigError(f"{where}: a stage is a name or a mapping with 'stage: NAME', got {entry!r}")
+    entry = dict(entry)
+    name = entry.pop("stage")
+    stage_entry(str(name), where)
+    rate = entry.pop("rate", None)
+    if isinstance(rate, str):
+        rate = {"mode": rate}
+    rate_policy = None if rate is None else build_settings(RatePolicy, rate, f"{where}.rate")
+    return StageConfig(str(name), stage_settings(str(name), entry, where), rate_policy)
+
+
+_LEGACY_DETECTION_KEYS = ("weights", "score_threshold", "mask_threshold", "max_detections")
+
+
+def pipeline_from_analyzer(raw: Any, where: str, name: str = DEFAULT_PIPELINE) -> PipelineConfig:
+    """The legacy ``analyzer: {name, weights, score_threshold, …, reid: {…}}`` as a pipeline: ``reid`` means
+    ``ovis`` (weights, thresholds) then ``reid`` (the ``reid:`` section), as it always did; ``identity`` takes no
+    settings; any other analyzer is a one-stage pipeline with the detection settings."""
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a name or a mapping")
+    raw = dict(raw)
+    known = {"name", "reid", *_LEGACY_DETECTION_KEYS}
+    unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
-    try:
-        return kind(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    analyzer = str(raw.pop("name", "identity"))
+    reid = raw.pop("reid", None)
+    if analyzer == "identity":
+        return PipelineConfig.of(name, ["identity"])
+    if analyzer == "reid":
+        return PipelineConfig(name, (StageConfig("ovis", stage_from_entry({"stage": "ovis", **raw}, where).settings),
+                                     stage_from_entry({"stage": "reid", **(reid or {})}, f"{where}.reid")))
+    if reid is not None:
+        raise ConfigError(f"{where}: a reid: section needs name: reid")
+    return PipelineConfig(name, (stage_from_entry({"stage": analyzer, **raw}, where),))

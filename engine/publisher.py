@@ -1,8 +1,11 @@
-"""The ZeroMQ PUB side: one thread owns the socket, encodes results and events, numbers them per topic.
+"""The ZeroMQ sink: one thread owns an XPUB socket, encodes results, amendments and events, numbers them per topic.
 
-A PUB socket never blocks its sender: a subscriber that stops reading fills its own queue (``send_hwm``)
-and then loses messages, which it sees as gaps in ``seq``; the engine is never slowed.  On ``close()``
-everything queued before it is sent, and the socket lingers ``linger_ms`` to flush to subscribers.
+A PUB socket never blocks its sender: a subscriber that stops reading fills its own queue (``send_hwm``) and then
+loses messages, which it sees as gaps in ``seq``; the engine is never slowed.  The socket is an XPUB so that the
+engine sees subscriptions arrive: ``wait_for_subscribers(n)`` blocks until ``n`` amodal ``Subscriber``s have
+subscribed (each subscribes last to a private ``hello/<id>`` topic that no message is ever published on).  Frames
+and amendments of a stream share its topic but are numbered separately, so a reader that knows only frames sees
+no gaps.  On ``close()`` everything queued before it is sent, and the socket lingers ``linger_ms`` to flush.
 """
 from __future__ import annotations
 
@@ -11,20 +14,25 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import zmq
 
 from amodal import schema
+from amodal.engine.sink import Sink
 from amodal.errors import PublishError
-from amodal.types import FrameResult, StreamEvent
+from amodal.types import Amendment, Frame, FrameResult, StreamEvent
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
 _DRAIN_MAX = 512
+_IDLE_S = 0.05  # how often an idle publisher thread reads subscriptions
 
 
-class Publisher:
+class Publisher(Sink):
+    name = "publisher"
+
     def __init__(
         self,
         endpoint: str,
@@ -33,7 +41,7 @@ class Publisher:
         on_published=None,
         context: zmq.Context | None = None,
     ) -> None:
-        """``on_published(result, publish_ms)`` is called from the publisher thread after each frame."""
+        """``on_published(result)`` is called from the publisher thread after each frame result is sent."""
         self.endpoint = endpoint
         self.send_hwm = send_hwm
         self.linger_ms = linger_ms
@@ -43,9 +51,13 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._bound = threading.Event()
         self._error: Exception | None = None
-        self.seq: Counter[str] = Counter()  # next sequence number per topic
+        self.seq: Counter[str] = Counter()  # next frame/status/metrics sequence number per topic
+        self.amendment_seq: Counter[str] = Counter()  # next amendment sequence number per topic
         self.encode_errors = 0
         self.bound_endpoint: str | None = None
+        self.failure: BaseException | None = None
+        self._subscribers: set[bytes] = set()
+        self._subscribers_changed = threading.Condition()
 
     # ---------------------------------------------------------------------------------------- control
     def start(self, timeout_s: float = 5.0) -> None:
@@ -65,25 +77,43 @@ class Publisher:
         self._thread.join(timeout_s)
         self._thread = None
 
+    @property
+    def subscribers(self) -> int:
+        """amodal ``Subscriber``s currently subscribed."""
+        with self._subscribers_changed:
+            return len(self._subscribers)
+
+    def wait_for_subscribers(self, count: int, timeout_s: float) -> int:
+        """Block until ``count`` subscribers have subscribed or ``timeout_s`` passed; the number subscribed."""
+        deadline = time.monotonic() + timeout_s
+        with self._subscribers_changed:
+            while len(self._subscribers) < count and self.failure is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._subscribers_changed.wait(remaining)
+            return len(self._subscribers)
+
     # ------------------------------------------------------------------------------------ producers
-    def publish_result(self, result: FrameResult) -> None:
-        self._queue.put(result)
+    def write_results(self, frames: Sequence[Frame], results: Sequence[FrameResult]) -> None:
+        self._queue.put(list(results))
 
-    def publish_results(self, results: list[FrameResult]) -> None:
-        self._queue.put(results)
+    def write_amendment(self, amendment: Amendment) -> None:
+        self._queue.put(amendment)
 
-    def publish_event(self, event: StreamEvent) -> None:
+    def write_event(self, event: StreamEvent) -> None:
         self._queue.put(event)
 
-    def publish_metrics(self, metrics: dict) -> None:
+    def write_metrics(self, metrics: dict) -> None:
         self._queue.put(("metrics", metrics))
 
     # ------------------------------------------------------------------------------ publisher thread
     def _run(self) -> None:
-        sock = self._context.socket(zmq.PUB)
+        sock = self._context.socket(zmq.XPUB)
         try:
             sock.setsockopt(zmq.SNDHWM, self.send_hwm)
             sock.setsockopt(zmq.LINGER, self.linger_ms)
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription is seen, not only a topic's first
             sock.bind(self.endpoint)
             self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as exc:
@@ -95,7 +125,10 @@ class Publisher:
         try:
             stopping = False
             while not stopping:
-                items = [self._queue.get()]
+                try:
+                    items = [self._queue.get(timeout=_IDLE_S)]
+                except queue.Empty:
+                    items = []
                 try:
                     while len(items) < _DRAIN_MAX:
                         items.append(self._queue.get_nowait())
@@ -106,19 +139,44 @@ class Publisher:
                         stopping = True
                         continue
                     self._send(sock, item)
+                self._read_subscriptions(sock)
+        except BaseException as exc:  # noqa: BLE001 - recorded and reported by the engine, never silent
+            self.failure = exc
+            log.exception("the publisher thread died; results are no longer delivered")
+            with self._subscribers_changed:
+                self._subscribers_changed.notify_all()
         finally:
             sock.close()  # honours LINGER: queued messages are flushed to connected subscribers
+
+    def _read_subscriptions(self, sock: zmq.Socket) -> None:
+        changed = False
+        while sock.poll(0, zmq.POLLIN):
+            message = sock.recv()
+            topic = message[1:]
+            if not topic.startswith(schema.HELLO_PREFIX.encode()):
+                continue
+            changed = True
+            if message[:1] == b"\x01":
+                self._subscribers.add(topic)
+            else:
+                self._subscribers.discard(topic)
+        if changed:
+            with self._subscribers_changed:
+                self._subscribers_changed.notify_all()
 
     def _send(self, sock: zmq.Socket, item) -> None:
         if isinstance(item, list):
             for result in item:
                 self._send(sock, result)
             return
+        counter = self.seq
         try:
             if isinstance(item, FrameResult):
                 topic = schema.frames_topic(item.stream_id)
-                now_ns = time.time_ns()
-                payload = schema.encode_frame(item, self.seq[topic], now_ns)
+                payload = schema.encode_frame(item, self.seq[topic], time.time_ns())
+            elif isinstance(item, Amendment):
+                topic, counter = schema.frames_topic(item.stream_id), self.amendment_seq
+                payload = schema.encode_amendment(item, counter[topic], time.time_ns())
             elif isinstance(item, StreamEvent):
                 topic = schema.STATUS_TOPIC
                 payload = schema.encode_status(item, self.seq[topic])
@@ -130,6 +188,6 @@ class Publisher:
             log.error("cannot encode %s: %s", type(item).__name__, exc)
             return
         sock.send_multipart((topic.encode(), payload), copy=len(payload) < 65536)
-        self.seq[topic] += 1
+        counter[topic] += 1
         if isinstance(item, FrameResult) and self._on_published is not None:
             self._on_published(item)

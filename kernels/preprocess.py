@@ -449,7 +449,11 @@ def preprocess_cpu(
     s = torch.tensor(std, dtype=torch.float32, device=out.device).view(1, 3, 1, 1)
     out.copy_(((float(pad_value) - m) / s).expand_as(out))
     region = out[:, :, geo.pad_y: geo.pad_y + rh, geo.pad_x: geo.pad_x + rw]
-    if 2 * rh * rw <= frames.height * frames.width:
+    if (rh, rw) == (frames.height, frames.width):  # no resampling: bilinear at scale 1 reads each pixel once
+        rows = torch.arange(rh, device=out.device)
+        cols = torch.arange(rw, device=out.device)
+        region.copy_(_gather_rgb01(frames, rows, cols))
+    elif 2 * rh * rw <= frames.height * frames.width:
         y0, y1, ly = (t.to(out.device) for t in _source_index(rh, frames.height))
         x0, x1, lx = (t.to(out.device) for t in _source_index(rw, frames.width))
         rows = torch.cat((y0, y1))

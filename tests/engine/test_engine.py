@@ -8,8 +8,8 @@ import pytest
 import zmq
 
 from amodal import Subscriber
-from amodal.engine.analyzer import Analyzer
-from amodal.engine.analyzers.identity import IdentityAnalyzer
+from amodal.engine.stage import Stage
+from amodal.engine.stages.identity import IdentityStage
 from amodal.engine.config import EngineConfig
 from amodal.engine.engine import Engine
 from amodal.schema import FrameMessage, StatusMessage
@@ -41,8 +41,8 @@ def _ended(streams):
     return done
 
 
-def _start(endpoint: str, analyzer: Analyzer | None = None, **kw) -> tuple[Engine, Subscriber]:
-    engine = Engine(EngineConfig(publish=endpoint, **kw), analyzer=analyzer or IdentityAnalyzer()).start()
+def _start(endpoint: str, stage: Stage | None = None, **kw) -> tuple[Engine, Subscriber]:
+    engine = Engine(EngineConfig(publish=endpoint, **kw), pipelines={"default": [stage or IdentityStage()]}).start()
     sub = Subscriber(endpoint)
     time.sleep(0.3)  # let the subscription reach the publisher (ZeroMQ slow joiner)
     return engine, sub
@@ -82,15 +82,15 @@ def test_a_failing_stream_never_stops_the_others(endpoint):
     assert len(errors) == 1 and errors[0].stream_id == "bad" and errors[0].fatal and errors[0].reason == "test failure"
 
 
-class _FlakyAnalyzer(IdentityAnalyzer):
-    def process(self, frames):
-        if any(f.index == 3 for f in frames):
+class _FlakyStage(IdentityStage):
+    def process(self, batch):
+        if any(f.index == 3 for f in batch.frames):
             raise RuntimeError("boom on frame 3")
-        return super().process(frames)
+        return super().process(batch)
 
 
-def test_analyzer_failure_is_reported_and_the_engine_goes_on(endpoint):
-    engine, sub = _start(endpoint, analyzer=_FlakyAnalyzer(), max_batch_size=1)
+def test_stage_failure_is_reported_and_the_engine_goes_on(endpoint):
+    engine, sub = _start(endpoint, _FlakyStage(), max_batch_size=1)
     try:
         engine.add_source(ArraySource("a", 8))
         got = _collect(sub, _ended(["a"]))
@@ -127,18 +127,16 @@ def test_sources_added_and_removed_while_running(endpoint):
     assert live.delivered < 10_000
 
 
-class _HeavyAnalyzer(IdentityAnalyzer):
+class _HeavyStage(IdentityStage):
     """Results of ~32 KB each, so socket buffers cannot hide a stalled subscriber."""
 
-    def process(self, frames):
-        import dataclasses
-
+    def process(self, batch):
         import numpy as np
 
         from amodal.types import ObjectResult
 
         obj = ObjectResult(1, "x", 1.0, (0, 0, 1, 1), embedding=np.zeros(16384, np.float16))
-        return [dataclasses.replace(r, objects=(obj,)) for r in super().process(frames)]
+        return [(obj,) for _ in batch.frames]
 
 
 def test_a_subscriber_that_stops_reading_never_slows_the_engine(endpoint):
@@ -148,7 +146,7 @@ def test_a_subscriber_that_stops_reading_never_slows_the_engine(endpoint):
     stalled.setsockopt(zmq.RCVHWM, 10)
     stalled.setsockopt(zmq.SUBSCRIBE, b"")
     stalled.connect(endpoint)  # connects before bind: ZeroMQ retries until the engine binds
-    engine = Engine(EngineConfig(publish=endpoint, max_batch_size=16, send_hwm=50), analyzer=_HeavyAnalyzer()).start()
+    engine = Engine(EngineConfig(publish=endpoint, max_batch_size=16, send_hwm=50), pipelines={"default": [_HeavyStage()]}).start()
     try:
         time.sleep(0.3)
         engine.add_source(ArraySource("a", 3000, size=(8, 8)))
@@ -211,10 +209,10 @@ def test_sequence_gaps_are_counted(endpoint):
 def test_publisher_bind_failure_is_a_clear_error(endpoint):
     from amodal.errors import PublishError
 
-    first = Engine(EngineConfig(publish=endpoint), analyzer=IdentityAnalyzer()).start()
+    first = Engine(EngineConfig(publish=endpoint), pipelines={"default": [IdentityStage()]}).start()
     try:
         with pytest.raises(PublishError, match="cannot bind"):
-            Engine(EngineConfig(publish=endpoint), analyzer=IdentityAnalyzer()).start()
+            Engine(EngineConfig(publish=endpoint), pipelines={"default": [IdentityStage()]}).start()
     finally:
         first.stop()
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amodal.engine.analyzer import Analyzer
+from amodal.engine.stage import Stage, StageBatch
 from amodal.streams.base import FrameSink, Source, SourceConfig
 from amodal.training.data.synth.persons import PersonsConfig, make_camera, render_person_image
 from amodal.training.data.synth.persons_body import sample_identity
-from amodal.types import Frame, FrameResult, ObjectResult, StreamEvent, StreamState
+from amodal.types import Frame, ObjectResult, StreamEvent, StreamState
 
 GAP_PX = 16
 
@@ -70,23 +70,24 @@ def frame_of(stream: PersonStream, index: int) -> Frame:
                  image.shape[1], image.shape[0])
 
 
-class TruthPrimary(Analyzer):
+class TruthPrimary(Stage):
     """The primary stage with exact answers: every identity is a tracked ``person`` with its true box."""
 
     name = "truth"
+    primary = True
+    fills = frozenset({"objects", "tracks", "person_tracks", "occlusion_levels"})
 
     def __init__(self, streams: Sequence[PersonStream]) -> None:
         self.streams = {s.stream_id: s for s in streams}
 
-    def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
+    def process(self, batch: StageBatch) -> list[tuple[ObjectResult, ...]]:
         results = []
-        for frame in frames:
+        for frame in batch.frames:
             stream = self.streams[frame.stream_id]
-            objects = tuple(
+            results.append(tuple(
                 ObjectResult(class_id=1, class_name="person", score=0.95, box_xyxy=stream.boxes_xyxy[k],
                              track_id=track_id, occlusion_level=stream.occluded_fraction[(frame.index, k)])
-                for k, track_id in sorted(stream.track_of_identity.items()))
-            results.append(self.result(frame, objects))
+                for k, track_id in sorted(stream.track_of_identity.items())))
         return results
 
 

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from amodal.engine.analyzers import ANALYZER_NAMES, build_analyzer
-from amodal.engine.analyzers.ovis import OvisAnalyzer
-from amodal.engine.config import AnalyzerConfig
+from amodal.engine.stages import STAGES, build_stage
+from amodal.engine.stages.ovis import OvisSettings, OvisStage
 from amodal.errors import CheckpointError
 from amodal.models.cmasktrack import CMaskTrackConfig, FrameDetections, LoadedCMaskTrack, build_cmasktrack
 from amodal.models.maskrcnn import MaskRCNNConfig
 from amodal.models.weights import save_weights
 from amodal.types import Frame
+
+from tests.support.stages import StagesUnderTest
 
 H, W, SIDE = 64, 96, 16
 LABELS = (1, 2, 1)  # red, green, blue
@@ -100,10 +101,7 @@ def analyzer():
     torch.manual_seed(0)
     model = build_cmasktrack(config=micro_config()).eval()
     model.detect = oracle(model)  # type: ignore[method-assign]
-    a = OvisAnalyzer(AnalyzerConfig(name="ovis", score_threshold=0.5),
-                     loaded=LoadedCMaskTrack(model, model.config, {}))
-    a.start(torch.device("cpu"))
-    return a
+    return StagesUnderTest(OvisStage(OvisSettings(score_threshold=0.5), loaded=LoadedCMaskTrack(model, model.config, {})))
 
 
 def _ids(result) -> dict[str, int]:
@@ -128,7 +126,7 @@ def test_ids_persist_across_frames_per_stream_and_reset_at_eos(analyzer):
         assert red3.mask.area() == SIDE * SIDE // 2 and red3.class_name == "a"
         assert all(o.occlusion_level == 0.0 for o in frames[1].objects)
     analyzer.on_source_eos("s1")
-    assert analyzer.tracker.memory("s1") is None and analyzer.tracker.memory("s2") is not None
+    assert analyzer.stage.tracker.memory("s1") is None and analyzer.stage.tracker.memory("s2") is not None
     (fresh,) = analyzer.process([_frame("s1", 5, {1: (50, 20)})])
     assert _ids(fresh) == {"green": 1}  # a new memory: numbering restarts
     (cont,) = analyzer.process([_frame("s2", 5, {1: (36, 14)})])
@@ -136,20 +134,21 @@ def test_ids_persist_across_frames_per_stream_and_reset_at_eos(analyzer):
 
 
 def test_registered_and_checkpoint_errors(tmp_path):
-    assert "ovis" in ANALYZER_NAMES
+    assert "ovis" in STAGES
     config = micro_config()
     model = build_cmasktrack(config=config)
     good = save_weights(model.state_dict(), tmp_path / "good.safetensors", {"config": config.to_dict()})
-    analyzer = build_analyzer(AnalyzerConfig(name="ovis", weights=str(good)))
-    assert isinstance(analyzer, OvisAnalyzer) and analyzer.class_names == ("a", "b")
+    stage = build_stage("ovis", {"weights": str(good)})
+    assert isinstance(stage, OvisStage) and stage.class_names == ("a", "b")
+    assert "person_tracks" not in stage.fills  # no person class in these weights
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="truncated"):
-        build_analyzer(AnalyzerConfig(name="ovis", weights=str(truncated)))
+        build_stage("ovis", {"weights": str(truncated)})
     wrong = micro_config()
     wrong = CMaskTrackConfig.from_dict({**wrong.to_dict(), "track_dim": 16})
     mismatched = save_weights(model.state_dict(), tmp_path / "mismatched.safetensors", {"config": wrong.to_dict()})
     with pytest.raises(CheckpointError, match="shape mismatches.*track_head"):
-        build_analyzer(AnalyzerConfig(name="ovis", weights=str(mismatched)))
+        build_stage("ovis", {"weights": str(mismatched)})
     with pytest.raises(CheckpointError, match="not found"):
-        build_analyzer(AnalyzerConfig(name="ovis", weights=str(tmp_path / "missing.safetensors")))
+        build_stage("ovis", {"weights": str(tmp_path / "missing.safetensors")})

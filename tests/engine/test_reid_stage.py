@@ -12,23 +12,24 @@ import pytest
 import torch
 
 from amodal import Subscriber
-from amodal.engine.analyzers import build_analyzer
-from amodal.engine.analyzers.reid import ReidAnalyzer, crop_boxes, quality_of
-from amodal.engine.config import AnalyzerConfig, EngineConfig, ReidConfig
+from amodal.engine.config import EngineConfig
+from amodal.engine.stages import build_stage
+from amodal.engine.stages.reid import ReidSettings, ReidStage, crop_boxes, quality_of
 from amodal.engine.engine import Engine
 from amodal.errors import CheckpointError, ConfigError
 from amodal.gallery_client import GalleryClient
 from amodal.models.mbf import load_mbf
-from amodal.pretrained import default_weights
+from amodal.pretrained import shipped_weights
 from amodal.schema import FrameMessage, StatusMessage
 from amodal.types import ObjectResult, StreamState
 
 from tests.support.person_streams import PersonStreamSource, TruthPrimary, frame_of, render_person_streams
+from tests.support.stages import StagesUnderTest
 
 
 @pytest.fixture(scope="module")
 def mbf():
-    return load_mbf(default_weights("reid"))
+    return load_mbf(shipped_weights(ReidStage.shipped_weights))
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,8 @@ def _free_endpoint() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def _reid_config(**reid) -> AnalyzerConfig:
-    return AnalyzerConfig(name="reid", reid=ReidConfig(**reid))
+def _reid_config(**reid) -> ReidSettings:
+    return ReidSettings(**reid)
 
 
 def test_crop_boxes_samples_the_grown_box():
@@ -65,7 +66,7 @@ def test_quality_weighs_occluded_sightings_less():
     assert 0 < quality_of(gone) < quality_of(hidden)
 
 
-def _run(analyzer: ReidAnalyzer, streams, batch: int = 4) -> dict[tuple[str, int], set]:
+def _run(analyzer: StagesUnderTest, streams, batch: int = 4) -> dict[tuple[str, int], set]:
     """Global ids per (stream, track) over every frame, the streams' frames interleaved in batches."""
     frames = [frame_of(s, i) for i in range(len(streams[0].images)) for s in streams]
     ids: dict[tuple[str, int], set] = defaultdict(set)
@@ -86,8 +87,7 @@ def test_one_identity_per_person_across_cameras(mbf):
     consistent, people = 0, 0
     for seed in range(11, 19):
         scene = render_person_streams(cameras=3, identities=3, frames=6, seed=seed)
-        analyzer = ReidAnalyzer(_reid_config(), primary=TruthPrimary(scene), loaded=mbf)
-        analyzer.start(torch.device("cpu"))
+        analyzer = StagesUnderTest(TruthPrimary(scene), ReidStage(_reid_config(), loaded=mbf))
         ids = _run(analyzer, scene)
         analyzer.stop()
         per_person = [set().union(*(ids[(s.stream_id, s.track_of_identity[k])] for s in scene)) for k in range(3)]
@@ -115,8 +115,8 @@ def _collect_until_ended(sub: Subscriber, stream_ids: set[str], timeout_s: float
 def _engine_run(streams, mbf, gallery_path, query_endpoint=None, check_query=None) -> dict[tuple[str, int], int]:
     config = _reid_config(gallery_path=str(gallery_path), query_endpoint=query_endpoint)
     publish = _free_endpoint()
-    analyzer = ReidAnalyzer(config, primary=TruthPrimary(streams), loaded=mbf)
-    engine = Engine(EngineConfig(publish=publish, analyzer=config, max_batch_size=4), analyzer=analyzer).start()
+    pipeline = [TruthPrimary(streams), ReidStage(config, loaded=mbf)]
+    engine = Engine(EngineConfig(publish=publish, max_batch_size=4), pipelines={"people": pipeline}).start()
     try:
         with Subscriber(publish) as sub:
             time.sleep(0.3)
@@ -167,26 +167,30 @@ def test_engine_publishes_identities_answers_queries_and_restores_the_gallery(mb
 
 def test_config_and_checkpoint_errors(tmp_path, streams):
     path = tmp_path / "engine.yaml"
-    path.write_text("analyzer: {name: reid, reid: {match_threshold: 0.7, gallery_path: g.amg}}\n")
+    path.write_text("analyzer: {name: reid, reid: {match_threshold: 0.7, gallery_path: g.amg}}\n")  # legacy
     config = EngineConfig.from_yaml(path)
-    assert config.analyzer.reid.match_threshold == 0.7 and config.analyzer.reid.gallery_path == "g.amg"
+    ovis, reid = config.pipelines[0].stages
+    assert (ovis.name, reid.name) == ("ovis", "reid")
+    assert reid.settings.match_threshold == 0.7 and reid.settings.gallery_path == "g.amg"
+    path.write_text("pipelines: {people: [ovis, {stage: reid, match_threshold: 0.7, gallery_path: g.amg}]}\n")
+    assert EngineConfig.from_yaml(path).pipelines[0].stages[1].settings == reid.settings
     path.write_text("analyzer: {name: reid, reid: {threshold: 0.7}}\n")
     with pytest.raises(ConfigError, match="threshold"):
         EngineConfig.from_yaml(path)
     with pytest.raises(ConfigError, match="match_threshold"):
-        ReidConfig(match_threshold=1.5)
+        ReidSettings(match_threshold=1.5)
     truncated = tmp_path / "mbf.safetensors"
-    truncated.write_bytes(default_weights("reid").read_bytes()[:1000])
+    truncated.write_bytes(shipped_weights(ReidStage.shipped_weights).read_bytes()[:1000])
     with pytest.raises(CheckpointError):
-        build_analyzer(_reid_config(weights=str(truncated)))
+        build_stage("reid", {"weights": str(truncated)})
 
 
 def test_match_threshold_comes_from_the_config_else_the_weights_evaluation(mbf, streams):
     measured = dataclasses.replace(mbf, metadata={"evaluation": {"match_threshold_eer": 0.42}})
-    assert ReidAnalyzer(_reid_config(), primary=TruthPrimary(streams), loaded=measured).match_threshold == 0.42
-    assert ReidAnalyzer(_reid_config(match_threshold=0.7), primary=TruthPrimary(streams), loaded=measured).match_threshold == 0.7
+    assert ReidStage(_reid_config(), loaded=measured).match_threshold == 0.42
+    assert ReidStage(_reid_config(match_threshold=0.7), loaded=measured).match_threshold == 0.7
     bare = dataclasses.replace(mbf, metadata={})
-    analyzer = ReidAnalyzer(_reid_config(), primary=TruthPrimary(streams), loaded=bare)
+    analyzer = ReidStage(_reid_config(), loaded=bare)
     analyzer.start(torch.device("cpu"))
     assert analyzer.match_threshold == 0.6 and analyzer.gallery.config.match_threshold == 0.6
     analyzer.stop()
@@ -195,23 +199,22 @@ def test_match_threshold_comes_from_the_config_else_the_weights_evaluation(mbf, 
 class BrokenTracks(TruthPrimary):
     """Every person vanishes for frames 4–6 and comes back under a new track id (a broken track)."""
 
-    def process(self, frames):
+    def process(self, batch):
         results = []
-        for frame, result in zip(frames, super().process(frames)):
+        for frame, objects in zip(batch.frames, super().process(batch)):
             if 4 <= frame.index <= 6:
                 objects = ()
             else:
                 offset = 50 if frame.index > 6 else 0
-                objects = tuple(dataclasses.replace(o, track_id=o.track_id + offset) for o in result.objects)
-            results.append(dataclasses.replace(result, objects=objects))
+                objects = tuple(dataclasses.replace(o, track_id=o.track_id + offset) for o in objects)
+            results.append(objects)
         return results
 
 
 @pytest.mark.parametrize("lost_frames, same_identity", [(2, True), (25, False)])
 def test_a_broken_track_gets_its_identity_back_once_the_old_track_is_lost(mbf, lost_frames, same_identity):
     scene = render_person_streams(cameras=1, identities=3, frames=10, seed=11, occlude_every=5)
-    analyzer = ReidAnalyzer(_reid_config(track_lost_frames=lost_frames), primary=BrokenTracks(scene), loaded=mbf)
-    analyzer.start(torch.device("cpu"))
+    analyzer = StagesUnderTest(BrokenTracks(scene), ReidStage(_reid_config(track_lost_frames=lost_frames), loaded=mbf))
     ids = _run(analyzer, scene, batch=1)
     analyzer.stop()
     stream = scene[0]

@@ -1,4 +1,4 @@
-"""The maskrcnn analyzer: weights from local files (safetensors with metadata, torchvision .pth), masks end
+"""The maskrcnn stage: weights from local files (safetensors with metadata, torchvision .pth), masks end
 to end, clear errors for bad checkpoints, and the shipped weights find the demo's objects."""
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from amodal.engine.analyzers.maskrcnn import MaskRCNNAnalyzer
-from amodal.engine.config import AnalyzerConfig
+from amodal.engine.stages.maskrcnn import MaskRCNNSettings, MaskRCNNStage
 from amodal.errors import CheckpointError
 from amodal.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from amodal.models.weights import load_weights, save_weights
-from amodal.pretrained import WEIGHTS_DIR, SHIPPED
+from amodal.pretrained import WEIGHTS_DIR
 from amodal.streams.synthetic import SyntheticScene, SyntheticSpec
 from amodal.types import Frame
+
+from tests.support.stages import StagesUnderTest
 
 TINY = MaskRCNNConfig(class_names=("a", "b"), backbone="tiny", fpn_channels=16, min_size=64, max_size=96,
                       tiny_widths=(8, 8, 16, 16), box_head_dim=32, mask_head_channels=8, box_score_thresh=0.0)
@@ -32,8 +33,7 @@ def test_tiny_model_from_safetensors_runs_end_to_end(tmp_path):
     path = save_weights(model.state_dict(), tmp_path / "m.safetensors", {"config": TINY.to_dict(), "classes": ["a", "b"]})
     state, meta = load_weights(path)
     assert meta["classes"] == ["a", "b"] and set(state) == set(model.state_dict())
-    analyzer = MaskRCNNAnalyzer(AnalyzerConfig(name="maskrcnn", weights=str(path), score_threshold=0.0, max_detections=5))
-    analyzer.start(torch.device("cpu"))
+    analyzer = StagesUnderTest(MaskRCNNStage(MaskRCNNSettings(weights=str(path), score_threshold=0.0, max_detections=5)))
     rgb = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
     gray16 = np.random.default_rng(1).integers(0, 65535, (48, 80), dtype=np.uint16)
     results = analyzer.process([_frame(rgb), _frame(gray16, 1, "gray16")])
@@ -61,25 +61,24 @@ def test_truncated_and_foreign_checkpoints_give_clear_errors(tmp_path):
     data = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        MaskRCNNAnalyzer(AnalyzerConfig(name="maskrcnn", weights=str(tmp_path / "cut.safetensors")))
+        MaskRCNNStage(MaskRCNNSettings(weights=str(tmp_path / "cut.safetensors")))
     with pytest.raises(CheckpointError, match="not found"):
-        MaskRCNNAnalyzer(AnalyzerConfig(name="maskrcnn", weights=str(tmp_path / "missing.safetensors")))
+        MaskRCNNStage(MaskRCNNSettings(weights=str(tmp_path / "missing.safetensors")))
     other = TINY.to_dict() | {"fpn_channels": 8}
     save_weights(model.state_dict(), tmp_path / "mismatch.safetensors", {"config": other})
     with pytest.raises(CheckpointError, match="shape mismatches"):
-        MaskRCNNAnalyzer(AnalyzerConfig(name="maskrcnn", weights=str(tmp_path / "mismatch.safetensors")))
+        MaskRCNNStage(MaskRCNNSettings(weights=str(tmp_path / "mismatch.safetensors")))
     import pickle
 
     (tmp_path / "evil.pth").write_bytes(pickle.dumps({"x": object()}))
     with pytest.raises(CheckpointError, match="weights-only"):
-        MaskRCNNAnalyzer(AnalyzerConfig(name="maskrcnn", weights=str(tmp_path / "evil.pth")))
+        MaskRCNNStage(MaskRCNNSettings(weights=str(tmp_path / "evil.pth")))
 
 
-@pytest.mark.skipif(not (WEIGHTS_DIR / SHIPPED["maskrcnn"]).is_file(), reason="shipped weights not built")
+@pytest.mark.skipif(not (WEIGHTS_DIR / MaskRCNNStage.shipped_weights).is_file(), reason="shipped weights not built")
 def test_shipped_weights_segment_the_demo_scene():
     """On held-out synthetic frames, most clearly visible objects are found with a good mask."""
-    analyzer = MaskRCNNAnalyzer(AnalyzerConfig(name="maskrcnn", score_threshold=0.5))
-    analyzer.start(torch.device("cpu"))
+    analyzer = StagesUnderTest(MaskRCNNStage(MaskRCNNSettings(score_threshold=0.5)))
     scene = SyntheticScene(SyntheticSpec(width=256, height=192, objects=5, seed=7))
     found = total = 0
     for index in (0, 40, 80, 120):

@@ -1,0 +1,66 @@
+"""What the detector stages share: their settings, weights resolution and detections → published objects."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from amodal.engine.postprocess import encode_masks
+from amodal.errors import ConfigError
+from amodal.types import ObjectResult
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """``weights``: a local weights file (None = the stage's shipped weights; nothing is downloaded);
+    detections below ``score_threshold`` are dropped, masks are cut at ``mask_threshold``, at most
+    ``max_detections`` per frame."""
+
+    weights: str | None = None
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ConfigError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if not isinstance(self.max_detections, int) or self.max_detections <= 0:
+            raise ConfigError(f"max_detections must be an integer > 0, got {self.max_detections!r}")
+
+
+def resolve_weights(weights: str | None, shipped: str) -> Path:
+    """``weights`` as a path, or the shipped file ``shipped`` when None."""
+    if weights:
+        return Path(weights)
+    from amodal.pretrained import shipped_weights
+
+    return shipped_weights(shipped)
+
+
+def class_name(class_names: Sequence[str], label: int) -> str:
+    """The name of 1-based ``label`` (0 is background)."""
+    return class_names[label - 1] if 0 < label <= len(class_names) else f"class_{label}"
+
+
+def detections_to_objects(class_names: Sequence[str], boxes_xyxy: torch.Tensor, scores: torch.Tensor,
+                          labels: torch.Tensor, masks: torch.Tensor, mask_threshold: float = 0.5,
+                          track_ids: torch.Tensor | None = None,
+                          occlusion_levels: torch.Tensor | None = None) -> tuple[ObjectResult, ...]:
+    """N detections (boxes float[N, 4] px, scores float[N], labels int[N], masks [N, H, W] probabilities or bool,
+    optional track ids int[N] and occlusion levels float[N]) → published objects, masks RLE-encoded at once."""
+    n = int(scores.shape[0])
+    rles = encode_masks(masks, mask_threshold)
+    tids = track_ids.cpu().tolist() if track_ids is not None else [None] * n
+    levels = occlusion_levels.cpu().tolist() if occlusion_levels is not None else [None] * n
+    return tuple(
+        ObjectResult(class_id=int(label), class_name=class_name(class_names, int(label)), score=float(score),
+                     box_xyxy=tuple(float(v) for v in box),  # type: ignore[arg-type]
+                     mask=mask, track_id=None if tid is None else int(tid),
+                     occlusion_level=None if level is None else float(level))
+        for box, score, label, mask, tid, level in zip(
+            boxes_xyxy.cpu().tolist(), scores.cpu().tolist(), labels.cpu().tolist(), rles, tids, levels)
+    )
