@@ -354,3 +354,25 @@ def test_query_limits_name_the_bad_value(field, value):
         QueryLimits(**{field: value})
     with pytest.raises(ConfigError, match="max_message_bytes"):
         QueryLimits(max_request_bytes=10 << 20, max_message_bytes=1 << 20)
+
+
+def test_cli_retries_busy_replies_after_retry_after_s(monkeypatch):
+    from amodal import cli_query
+
+    slept_s: list[float] = []
+    monkeypatch.setattr(cli_query.time, "sleep", slept_s.append)
+    attempts = []
+
+    def busy_twice() -> str:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise GalleryBusyError("busy: retry", retry_after_s=0.25 * len(attempts))
+        return "answer"
+
+    assert cli_query._retrying(busy_twice, retries=3) == "answer" and slept_s == [0.25, 0.5]
+    attempts.clear()
+    with pytest.raises(GalleryBusyError):
+        cli_query._retrying(busy_twice, retries=1)
+    assert len(attempts) == 2
+    with pytest.raises(GalleryQueryError, match="not busy"):  # other errors are not retried
+        cli_query._retrying(lambda: (_ for _ in ()).throw(GalleryQueryError("not busy")), retries=3)
