@@ -38,6 +38,7 @@ HELLO_PREFIX = "hello/"
 # pycocotools' compressed RLE writes 6-bit groups as the characters 48..111 ('0'..'o')
 _RLE_ALPHABET = bytes(range(48, 112))
 _METRICS_MAX_DEPTH = 16
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 class UnknownMessageTypeError(SchemaError):
@@ -251,7 +252,7 @@ class _Fields:
         value = self.value(key)
         if value is None and nullable:
             return None
-        return _check_int(value, minimum, lambda problem: self.error(key, problem))
+        return _check_int(value, minimum, self, key)
 
     def number(self, key: str, *, lo: float = -math.inf, hi: float = math.inf, nullable: bool = False,
                absent: Any = _REQUIRED) -> float | None:
@@ -261,7 +262,7 @@ class _Fields:
         value = self.value(key)
         if value is None and nullable:
             return None
-        return _check_float(value, lo, hi, lambda problem: self.error(key, problem))
+        return _check_float(value, lo, hi, self, key)
 
     def string(self, key: str, *, nullable: bool = False, absent: Any = _REQUIRED) -> str | None:
         value = self.value(key, absent)
@@ -282,24 +283,24 @@ class _Fields:
         raise self.error(key, f"has type {_type_name(value)}, expected an array")
 
 
-def _check_int(value: Any, minimum: int | None, error) -> int:
-    """An int (msgpack int; a bool or a float is not one) at least ``minimum``."""
+def _check_int(value: Any, minimum: int | None, fields: _Fields, key: str) -> int:
+    """``value`` of ``fields``' field ``key``: an int (msgpack int; a bool or a float is not one) of at least ``minimum``."""
     if type(value) is not int:
-        raise error(f"has type {_type_name(value)}, expected an int")
+        raise fields.error(key, f"has type {_type_name(value)}, expected an int")
     if minimum is not None and value < minimum:
-        raise error(f"is {value}, expected at least {minimum}")
+        raise fields.error(key, f"is {value}, expected at least {minimum}")
     return value
 
 
-def _check_float(value: Any, lo: float, hi: float, error) -> float:
-    """A finite number (msgpack float or int; a bool is not one) in ``[lo, hi]``."""
+def _check_float(value: Any, lo: float, hi: float, fields: _Fields, key: str) -> float:
+    """``value`` of ``fields``' field ``key``: a finite number (msgpack float or int; a bool is not one) in ``[lo, hi]``."""
     if type(value) not in (float, int):
-        raise error(f"has type {_type_name(value)}, expected a number")
+        raise fields.error(key, f"has type {_type_name(value)}, expected a number")
     number = float(value)
     if not math.isfinite(number):
-        raise error(f"is {number}, expected a finite number")
+        raise fields.error(key, f"is {number}, expected a finite number")
     if not lo <= number <= hi:
-        raise error(f"is {number}, expected {lo} to {hi}")
+        raise fields.error(key, f"is {number}, expected {lo} to {hi}")
     return number
 
 
@@ -320,7 +321,7 @@ def _stage_ms(fields: _Fields, absent: Any = _REQUIRED) -> dict[str, float]:
     for key, ms in stage.items():
         if type(key) is not str:
             raise fields.error("stage_ms", f"key {key!r} is not a string")
-        out[key] = _check_float(ms, -math.inf, math.inf, lambda problem, k=key: fields.error(f"stage_ms.{k}", problem))
+        out[key] = _check_float(ms, -math.inf, math.inf, fields, f"stage_ms.{key}")
     return out
 
 
@@ -332,7 +333,7 @@ def _rle_from_wire(fields: _Fields, key: str) -> RLEMask | None:
     size = rle.array("size")
     if len(size) != 2:
         raise rle.error("size", f"has {len(size)} entries, expected [height, width]")
-    height, width = (_check_int(s, 0, lambda problem: rle.error("size", problem)) for s in size)
+    height, width = (_check_int(s, 0, rle, "size") for s in size)
     counts = rle.value("counts")
     if type(counts) is str:
         if not counts.isascii():
@@ -365,7 +366,7 @@ def _box_from_wire(fields: _Fields) -> tuple[float, float, float, float]:
     box = fields.array("box_xyxy")
     if len(box) != 4:
         raise fields.error("box_xyxy", f"has {len(box)} entries, expected four numbers x1, y1, x2, y2")
-    x1, y1, x2, y2 = (_check_float(v, -math.inf, math.inf, lambda problem: fields.error("box_xyxy", problem)) for v in box)
+    x1, y1, x2, y2 = (_check_float(v, -math.inf, math.inf, fields, "box_xyxy") for v in box)
     return x1, y1, x2, y2
 
 
@@ -422,8 +423,7 @@ def _refs_from_wire(f: _Fields, n_objects: int) -> tuple[int | None, ...]:
     refs = f.array("refs")
     if len(refs) != n_objects:
         raise f.error("refs", f"has {len(refs)} entries for {n_objects} objects")
-    return tuple(None if r is None else _check_int(r, 0, lambda problem, i=i: f.error(f"refs[{i}]", problem))
-                 for i, r in enumerate(refs))
+    return tuple(None if r is None else _check_int(r, 0, f, f"refs[{i}]") for i, r in enumerate(refs))
 
 
 def _decode_amendment(f: _Fields, seq: int) -> AmendmentMessage:
@@ -515,12 +515,12 @@ def decode(topic_bytes: bytes, payload: bytes) -> Message:
     (``UnknownMessageTypeError`` for a version-1 message of a type added after this reader).
     """
     try:
-        if type(topic_bytes) is not bytes or type(payload) is not bytes:
+        if not isinstance(topic_bytes, _BYTES_LIKE) or not isinstance(payload, _BYTES_LIKE):
             raise SchemaError(f"expected bytes topic and payload, got {_type_name(topic_bytes)} and {_type_name(payload)}")
         try:
-            topic = topic_bytes.decode("utf-8")
+            topic = bytes(topic_bytes).decode("utf-8")
         except UnicodeDecodeError:
-            raise SchemaError(f"topic is not UTF-8: {topic_bytes[:32]!r}") from None
+            raise SchemaError(f"topic is not UTF-8: {bytes(topic_bytes[:32])!r}") from None
         try:
             d = msgpack.unpackb(payload, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types for bad input

@@ -546,3 +546,9 @@ def test_amendment_json_and_console_line():
     line = summary_line(msg)
     assert line.startswith("cam1       frame     41  +layers: 3 objects (layer 1..3, completes 2, adds 1)"), line
     assert "amendment seq 7" in line
+
+
+def test_bytes_like_arguments_decode():
+    payload = schema.encode_frame(_result(), 5, 6)
+    msg = schema.decode(memoryview(b"frames/cam1/"), bytearray(payload))
+    assert isinstance(msg, schema.FrameMessage) and msg.topic == "frames/cam1/"
