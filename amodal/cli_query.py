@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--k", type=int, default=5, help="identities to return (default 5)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
     parser.add_argument("--retries", type=int, default=3,
-                        help="times a busy / rate-limited reply is retried after the server's retry_after_s (default 3)")
+                        help="busy / rate-limited replies retried after the server's retry_after_s (default 3)")
     args = parser.parse_args(argv)
     if args.retries < 0:
         parser.error(f"--retries must be >= 0, got {args.retries}")

@@ -18,20 +18,21 @@ Threads and sockets::
 
 The socket thread owns the ROUTER and the PULL; each worker owns its PUSH.  The socket thread never
 decodes an image (it reads only the PNG IHDR / JPEG SOF size fields), so a slow image never holds up a
-``stats``; workers read the header again with PIL, check it, and only then decode.  Every request gets exactly one reply:
-a full queue or an empty rate bucket is an immediate error reply with ``retry_after_s``; an image whose
-header says it has more than ``max_image_pixels`` is refused before any pixel is decoded.  Nothing is
-unpickled.
+``stats``; workers read the header again with PIL, check it, and only then decode.  Every request gets
+exactly one reply: a full queue or an empty rate bucket is an immediate error reply with
+``retry_after_s``; an image whose header says it has more than ``max_image_pixels`` is refused before
+any pixel is decoded.  Nothing is unpickled.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import queue
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import msgpack
@@ -59,17 +60,22 @@ ImageEmbedder = Callable[[np.ndarray], np.ndarray]  # uint8[H, W, 3] RGB → flo
 
 # ------------------------------------------------------------------------------------------ requests
 @dataclass(frozen=True, slots=True)
+class StatsRequest:
+    """``{"op": "stats"}``."""
+
+
+@dataclass(frozen=True, slots=True)
 class SearchRequest:
     """A validated search: ``query`` float32[D] for an embedding search, else ``image`` (JPEG/PNG bytes
-    whose header was checked) for the embedder."""
+    with a PNG/JPEG signature and, where its size fields were found, at most ``max_image_pixels``)."""
 
     k: int
     query: np.ndarray | None = None
     image: bytes | None = None
 
 
-def parse_request(payload: bytes | memoryview, dim: int, limits: QueryLimits) -> SearchRequest | str:
-    """``"stats"`` or a ``SearchRequest``; ``SchemaError`` naming what is wrong.  Cheap enough for the
+def parse_request(payload: bytes | memoryview, dim: int, limits: QueryLimits) -> StatsRequest | SearchRequest:
+    """The request in ``payload``; ``SchemaError`` naming what is wrong.  Cheap enough for the
     socket thread: an image is only checked by its signature and the size fields of its PNG IHDR or JPEG
     SOF (``check_image_signature``); PIL reads it later, in a worker."""
     if len(payload) > limits.max_request_bytes:
@@ -84,7 +90,7 @@ def parse_request(payload: bytes | memoryview, dim: int, limits: QueryLimits) ->
         raise SchemaError(f"request version {request.get('v')!r}, this server speaks {PROTOCOL_VERSION}")
     op = request.get("op")
     if op == "stats":
-        return "stats"
+        return StatsRequest()
     if op != "search":
         raise SchemaError(f"unknown op {op!r}; expected 'search' or 'stats'")
     k = request.get("k")
@@ -172,44 +178,44 @@ def _jpeg_sof_size(data: bytes) -> tuple[int, int] | None:
 
 
 def image_header(data: bytes, max_image_pixels: int) -> tuple[str, int, int]:
-    """``(format, width, height)`` of JPEG or PNG bytes from the header alone (no pixel is decoded);
-    ``SchemaError`` for anything else or an image of more than ``max_image_pixels``."""
+    """``(format, width, height)`` of JPEG or PNG bytes read by PIL from the header alone (no pixel is
+    decoded); ``SchemaError`` for anything else or an image of more than ``max_image_pixels``."""
+    with _open_image(data, max_image_pixels) as image:
+        return str(image.format), int(image.width), int(image.height)
+
+
+def decode_image(data: bytes, max_image_pixels: int) -> np.ndarray:
+    """uint8[H, W, 3] RGB from JPEG or PNG bytes; ``SchemaError`` for anything else, and for an image of
+    more than ``max_image_pixels`` before it is decoded."""
+    with _open_image(data, max_image_pixels) as image:
+        try:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for corrupt data
+            raise SchemaError(f"image cannot be decoded as JPEG or PNG ({type(exc).__name__}: {exc})") from exc
+
+
+@contextlib.contextmanager
+def _open_image(data: bytes, max_image_pixels: int) -> Iterator:
+    """The PIL image of ``data``, opened lazily (header only) and checked against ``max_image_pixels``."""
     from PIL import Image
 
     if not isinstance(data, bytes):
         raise SchemaError(f"image must be msgpack bin (JPEG or PNG bytes), got {type(data).__name__}")
     try:
-        with Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS) as image:  # lazy: reads the header only
-            fmt, width, height = str(image.format), int(image.width), int(image.height)
-    except Image.DecompressionBombError as exc:  # PIL's own guard (≥ 2 x Image.MAX_IMAGE_PIXELS)
+        image = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:  # PIL's own guard (> 2 x Image.MAX_IMAGE_PIXELS)
         raise SchemaError(f"image is too large: {exc}") from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for what it cannot read
         raise SchemaError(f"image cannot be decoded as JPEG or PNG ({type(exc).__name__}: {exc})") from exc
-    _check_pixels(width, height, max_image_pixels)
-    return fmt, width, height
+    with image:
+        _check_pixels(image.width, image.height, max_image_pixels)
+        yield image
 
 
 def _check_pixels(width: int, height: int, max_image_pixels: int) -> None:
     if width * height > max_image_pixels:
         raise SchemaError(f"image is {width}x{height} = {width * height} pixels, more than "
                           f"max_image_pixels={max_image_pixels}; refused before decoding")
-
-
-def decode_image(data: bytes, max_image_pixels: int) -> np.ndarray:
-    """uint8[H, W, 3] RGB from JPEG or PNG bytes; ``SchemaError`` for anything else, and for an image of
-    more than ``max_image_pixels`` before it is decoded."""
-    from PIL import Image
-
-    image_header(data, max_image_pixels)
-    try:
-        with Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS) as image:
-            _check_pixels(image.width, image.height, max_image_pixels)
-            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except SchemaError:
-        raise
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
-        raise SchemaError(f"image cannot be decoded as JPEG or PNG ({type(exc).__name__}: {exc})") from exc
-    return rgb
 
 
 def embed_image_query(data: bytes, embed_image: ImageEmbedder, dim: int, limits: QueryLimits) -> np.ndarray:
@@ -244,9 +250,8 @@ def handle_request(payload: bytes, gallery: Gallery, embed_image: ImageEmbedder 
     limits = limits or QueryLimits()
     try:
         request = parse_request(payload, gallery.config.dim, limits)
-        if request == "stats":
+        if isinstance(request, StatsRequest):
             return {"v": PROTOCOL_VERSION, "ok": True, "stats": gallery.stats()}
-        assert isinstance(request, SearchRequest)
         if request.image is not None:
             if embed_image is None:
                 raise SchemaError("image queries need an image embedder, and this server has none")
@@ -421,9 +426,9 @@ class QueryServer:
             return error_reply(f"expected a 1-part message, got {len(body)} parts")
         try:
             request = parse_request(body[0].buffer, self.gallery.config.dim, self.limits)
-            if request == "stats":
-                return {"v": PROTOCOL_VERSION, "ok": True, "stats": {**self.gallery.stats(), "query": self.server_stats()}}
-            assert isinstance(request, SearchRequest)
+            if isinstance(request, StatsRequest):
+                stats = {**self.gallery.stats(), "query": self.server_stats()}
+                return {"v": PROTOCOL_VERSION, "ok": True, "stats": stats}
             if request.query is not None:
                 return search_reply(self.gallery, request.query, request.k)
             if self.embed_image is None:
