@@ -245,7 +245,8 @@ class _Fields:
             raise SchemaError(f"{self.topic}: missing field {self.name(key)!r}")
         return absent
 
-    def integer(self, key: str, *, minimum: int | None = None, nullable: bool = False, absent: Any = _REQUIRED) -> int | None:
+    def integer(self, key: str, *, minimum: int | None = None, nullable: bool = False,
+                absent: Any = _REQUIRED) -> int | None:
         """An int (not a bool) of at least ``minimum``; nil when ``nullable``; ``absent`` when missing (if given)."""
         if key not in self.d and absent is not _REQUIRED:
             return absent
@@ -265,18 +266,21 @@ class _Fields:
         return _check_float(value, lo, hi, self, key)
 
     def string(self, key: str, *, nullable: bool = False, absent: Any = _REQUIRED) -> str | None:
+        """A str; nil when ``nullable``; ``absent`` when missing (if given)."""
         value = self.value(key, absent)
         if (value is None and nullable) or type(value) is str:
             return value
         raise self.error(key, f"has type {_type_name(value)}, expected a string")
 
     def boolean(self, key: str, *, absent: Any = _REQUIRED) -> bool:
+        """A bool (not an int); ``absent`` when missing (if given)."""
         value = self.value(key, absent)
         if type(value) is bool:
             return value
         raise self.error(key, f"has type {_type_name(value)}, expected a bool")
 
     def array(self, key: str) -> list:
+        """A msgpack array (required)."""
         value = self.value(key)
         if type(value) is list:
             return value
@@ -284,7 +288,7 @@ class _Fields:
 
 
 def _check_int(value: Any, minimum: int | None, fields: _Fields, key: str) -> int:
-    """``value`` of ``fields``' field ``key``: an int (msgpack int; a bool or a float is not one) of at least ``minimum``."""
+    """``value``, field ``key`` of ``fields``: an int (msgpack int; a bool or a float is not one) >= ``minimum``."""
     if type(value) is not int:
         raise fields.error(key, f"has type {_type_name(value)}, expected an int")
     if minimum is not None and value < minimum:
@@ -293,7 +297,7 @@ def _check_int(value: Any, minimum: int | None, fields: _Fields, key: str) -> in
 
 
 def _check_float(value: Any, lo: float, hi: float, fields: _Fields, key: str) -> float:
-    """``value`` of ``fields``' field ``key``: a finite number (msgpack float or int; a bool is not one) in ``[lo, hi]``."""
+    """``value``, field ``key`` of ``fields``: a finite number (msgpack float or int; not a bool) in ``[lo, hi]``."""
     if type(value) not in (float, int):
         raise fields.error(key, f"has type {_type_name(value)}, expected a number")
     number = float(value)
@@ -399,7 +403,8 @@ def _frames_stream_id(fields: _Fields, kind: str) -> str:
     """The message's stream id, which must be the one its ``frames/<stream_id>/`` topic names."""
     stream_id = _stream_id(fields)
     if fields.topic != frames_topic(stream_id):
-        raise SchemaError(f"{fields.topic}: {kind} of stream {stream_id!r} on the wrong topic (expected {frames_topic(stream_id)!r})")
+        raise SchemaError(f"{fields.topic}: {kind} of stream {stream_id!r} on the wrong topic "
+                          f"(expected {frames_topic(stream_id)!r})")
     return stream_id
 
 
@@ -415,7 +420,8 @@ def _decode_frame(f: _Fields, seq: int) -> FrameMessage:
         analyzer=f.string("analyzer", absent=""),
         stage_ms=_stage_ms(f, absent={}),
     )
-    return FrameMessage(topic=f.topic, seq=seq, publish_time_ns=f.integer("publish_time_ns", minimum=0), result=result)
+    publish_time_ns = f.integer("publish_time_ns", minimum=0)
+    return FrameMessage(topic=f.topic, seq=seq, publish_time_ns=publish_time_ns, result=result)
 
 
 def _refs_from_wire(f: _Fields, n_objects: int) -> tuple[int | None, ...]:
@@ -443,7 +449,8 @@ def _decode_amendment(f: _Fields, seq: int) -> AmendmentMessage:
         refs=_refs_from_wire(f, len(objects)),
         stage_ms=_stage_ms(f),
     )
-    return AmendmentMessage(topic=f.topic, seq=seq, publish_time_ns=f.integer("publish_time_ns", minimum=0), amendment=amendment)
+    publish_time_ns = f.integer("publish_time_ns", minimum=0)
+    return AmendmentMessage(topic=f.topic, seq=seq, publish_time_ns=publish_time_ns, amendment=amendment)
 
 
 def _decode_status(f: _Fields, seq: int) -> StatusMessage:
@@ -493,7 +500,8 @@ def _decode_metrics(f: _Fields, seq: int) -> MetricsMessage:
     return MetricsMessage(topic=f.topic, seq=seq, time_ns=f.integer("time_ns", minimum=0), metrics=metrics)
 
 
-_DECODERS = {"frame": _decode_frame, "amendment": _decode_amendment, "status": _decode_status, "metrics": _decode_metrics}
+_DECODERS = {"frame": _decode_frame, "amendment": _decode_amendment, "status": _decode_status,
+             "metrics": _decode_metrics}
 
 
 def _decode_map(topic: str, d: dict) -> Message:
@@ -516,7 +524,8 @@ def decode(topic_bytes: bytes, payload: bytes) -> Message:
     """
     try:
         if not isinstance(topic_bytes, _BYTES_LIKE) or not isinstance(payload, _BYTES_LIKE):
-            raise SchemaError(f"expected bytes topic and payload, got {_type_name(topic_bytes)} and {_type_name(payload)}")
+            raise SchemaError(f"expected bytes topic and payload, got {_type_name(topic_bytes)} "
+                              f"and {_type_name(payload)}")
         try:
             topic = bytes(topic_bytes).decode("utf-8")
         except UnicodeDecodeError:
