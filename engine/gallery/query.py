@@ -267,7 +267,6 @@ class _ImageJob:
     envelope: list[bytes]  # the ROUTER's routing frames, sent back with the reply
     image: bytes
     k: int
-    queued_s: float  # time.monotonic() when queued
 
 
 def _split_envelope(parts: list) -> tuple[list, list]:
@@ -318,6 +317,7 @@ class QueryServer:
         self.rate_limited = 0
         self.busy = 0
         self.images_in_flight = 0  # queued or being decoded/embedded
+        self._drain_timeout_s = 5.0  # close(): how long searches already in a worker may still take
         self._image_service_s = 0.1  # moving average of a worker's time per image (for retry_after_s)
         self._request_limiter = RateLimiter(self.limits.client_requests_per_s, self.limits.client_request_burst)
         self._image_limiter = RateLimiter(self.limits.client_images_per_s, self.limits.client_image_burst)
@@ -342,6 +342,7 @@ class QueryServer:
         waiting ones get a "shutting down" error reply; then the sockets close."""
         if self._thread is None:
             return
+        self._drain_timeout_s = timeout_s
         self._stop.set()
         self._thread.join(timeout_s + 1.0)
         self._thread = None
@@ -442,7 +443,7 @@ class QueryServer:
                                f"(burst {self.limits.client_image_burst}) image searches from this client; "
                                f"retry in {wait_s:.3f} s", retry_after_s=wait_s)
         try:
-            self._jobs.put_nowait(_ImageJob(envelope, request.image, request.k, time.monotonic()))
+            self._jobs.put_nowait(_ImageJob(envelope, request.image, request.k))
         except queue.Full:
             self._image_limiter.refund(client)
             self.busy += 1
@@ -480,7 +481,7 @@ class QueryServer:
                     break
                 self.images_in_flight -= 1
                 self._send(router, job.envelope, error_reply("the gallery query server is shutting down"))
-            deadline_s = time.monotonic() + 5.0
+            deadline_s = time.monotonic() + self._drain_timeout_s
             while any(w.is_alive() for w in self._workers) and time.monotonic() < deadline_s:
                 if results.poll(_POLL_MS):
                     self._forward_results(router, results)
