@@ -76,7 +76,7 @@ def test_realtime_file_is_paced(video_mp4: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "expect"),
-    [("truncated-mp4", "truncated"), ("truncated-mkv", "truncated"), ("garbage", "open failed")],
+    [("truncated-mp4", "ended early"), ("truncated-mkv", "ended early"), ("garbage", "open failed")],
 )
 def test_bad_files_end_in_fatal_error_others_unaffected(
     kind: str, expect: str, video_mp4: Path, video_mkv: Path, tmp_path: Path

@@ -131,3 +131,56 @@ def write_huge_tiff(path: str | Path, width: int, height: int, tile: int = 1024)
         writer.write(shape=(height, width), dtype=np.uint8, compression="zlib", tile=(tile, tile),
                      data=(zeros for _ in range(tiles)))
     return Path(path)
+
+
+def make_video_with_audio(
+    path: str | Path, *, seconds: float = 2.0, rate: str = "25", size: tuple[int, int] = (160, 120),
+    bframes: bool = True,
+) -> Path:
+    """testsrc2 video (x264, B-frames unless ``bframes=False``) and an audio track (aac, mp2 in TS), at frame
+    ``rate`` ("25", "30000/1001"); the container follows the suffix.  The audio outlasts the video by a little,
+    as in real recordings (the container's duration is then not the video's)."""
+    path = Path(path)
+    audio_codec = "mp2" if path.suffix == ".ts" else "aac"
+    args = [FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size[0]}x{size[1]}:rate={rate}",
+            "-f", "lavfi", "-i", f"sine=duration={seconds + 0.3}", "-map", "0:v", "-map", "1:a",
+            "-c:v", "libx264", "-preset", "veryfast" if bframes else "ultrafast", "-threads", "1", "-g", "25",
+            "-pix_fmt", "yuv420p", "-c:a", audio_codec, "-t:v", str(seconds)]
+    subprocess.run([*args, str(path)], check=True, timeout=60)
+    return path
+
+
+def damaged_copy(src: str | Path, dst: str | Path, *, at: float = 0.4, n_bytes: int = 20_000,
+                 how: str = "zero") -> Path:
+    """``dst`` = ``src`` with ``n_bytes`` from ``at`` (a fraction of the size) zeroed (``how="zero"``), replaced
+    by seeded noise (``"noise"``) or cut out (``"hole"``): a damaged copy, as a bad disk or transfer leaves."""
+    data = bytearray(Path(src).read_bytes())
+    start = int(len(data) * at)
+    if how == "zero":
+        data[start:start + n_bytes] = bytes(len(data[start:start + n_bytes]))
+    elif how == "noise":
+        data[start:start + n_bytes] = np.random.default_rng(0).bytes(len(data[start:start + n_bytes]))
+    elif how == "hole":
+        del data[start:start + n_bytes]
+    else:
+        raise ValueError(f"how must be zero, noise or hole, got {how!r}")
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
+def video_with_latin1_title(path: str | Path, *, seconds: float = 1.0) -> Path:
+    """A Matroska file whose container and stream titles are Latin-1 bytes (not valid UTF-8), as written by
+    some recorders: "Tétle þÿ" style.  Encoded with placeholder titles that are then overwritten in place."""
+    path = Path(path)
+    marker_file, marker_stream = b"TITLEMARKERXX", b"STREAMMARKERX"
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t",
+                    str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-threads", "1",
+                    "-metadata", f"title={marker_file.decode()}", "-metadata:s:v:0", f"title={marker_stream.decode()}",
+                    str(path)], check=True, timeout=60)
+    data = path.read_bytes()
+    assert data.count(marker_file) == 1 and data.count(marker_stream) == 1, "ffmpeg wrote the titles differently"
+    latin1_file, latin1_stream = b"T\xe9tle \xfe\xff cam1", b"Str\xe9am n\xba 1  "
+    assert len(latin1_file) == len(marker_file) and len(latin1_stream) == len(marker_stream)  # sizes stay valid
+    data = data.replace(marker_file, latin1_file).replace(marker_stream, latin1_stream)
+    path.write_bytes(data)
+    return path
