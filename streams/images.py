@@ -18,6 +18,10 @@ import tifffile
 from PIL import Image
 
 from amodal.errors import SourceError
+from amodal.streams.base import SourceConfig
+
+#: the limit when the caller names none: the same default as every source's ``SourceConfig.max_image_pixels``
+DEFAULT_MAX_IMAGE_PIXELS: int = SourceConfig.max_image_pixels
 
 IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"})
 #: tifffile axes that are samples of one pixel, not more pixels
@@ -91,9 +95,12 @@ def _pillow_array(path: Path, max_pixels: int | None) -> np.ndarray:
     return array
 
 
-def decode_image(path: str | Path, max_pixels: int | None = None) -> tuple[str, tuple[np.ndarray, ...]]:
+def decode_image(
+    path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[str, tuple[np.ndarray, ...]]:
     """``(pixel_format, planes)`` of an image file; raises ``ImageTooLargeError`` (before decoding) when its
-    header declares more than ``max_pixels`` pixels, ``SourceError`` when it cannot be decoded fully."""
+    header declares more than ``max_pixels`` pixels (None: no limit), ``SourceError`` when it cannot be decoded
+    fully."""
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):

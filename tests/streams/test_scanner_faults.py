@@ -81,6 +81,8 @@ def test_oversized_tiff_is_skipped_before_decoding_and_the_folder_goes_on(tmp_pa
     """A small file declaring 12000 x 12000 (144 MP > the default 100 MP): reported, never decoded."""
     huge = write_huge_tiff(tmp_path / "bomb.tif", 12000, 12000)
     assert huge.stat().st_size < 2_000_000
+    with pytest.raises(ImageTooLargeError, match="12000x12000 = 144.0 MP"):  # the default limit, for direct callers too
+        decode_image(huge)
     past_s = time.time() - 5
     os.utime(huge, (past_s, past_s))
     (tmp_path / "next.png").write_bytes(_bag(5))
