@@ -34,7 +34,6 @@ from urllib.parse import urlsplit
 import av
 from av.codec.hwaccel import HWAccel
 
-from amodal.errors import SourceError
 from amodal.streams.backoff import Backoff
 from amodal.streams.base import FrameSink, Source, SourceConfig
 from amodal.streams.events import make_event, redact
@@ -429,7 +428,8 @@ class PyAVSource(Source):
         completeness = _Completeness(container, stream, frame_s)
         try:  # the coded size is known once the stream is probed: refuse a huge one before decoding anything
             ctx = stream.codec_context
-            check_pixels(f"{redact(self.config.uri)}: video stream", ctx.width, ctx.height, self.config.max_image_pixels)
+            check_pixels(f"{redact(self.config.uri)}: video stream", ctx.width, ctx.height,
+                         self.config.max_image_pixels)
         except ImageTooLargeError as exc:
             return _Session("failed", reason=str(exc))
         read_started = time.monotonic()
@@ -490,8 +490,8 @@ class PyAVSource(Source):
         if not self.live:
             uri = redact(self.config.uri)
             if session.frames == 0:
-                damage = completeness.damage()
-                return _Session("failed", 0, f"{uri}: no frame could be decoded" + (f" ({'; '.join(damage)})" if damage else ""))
+                damage = "; ".join(completeness.damage())
+                return _Session("failed", 0, f"{uri}: no frame could be decoded" + (f" ({damage})" if damage else ""))
             path = self.url if os.path.isfile(self.url) else None
             missing, damage = completeness.verdict(container.format.name, path)
             if missing:
