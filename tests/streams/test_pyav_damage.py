@@ -137,3 +137,13 @@ def test_video_frames_over_the_pixel_limit_are_refused_before_decoding(video_mp4
     assert not sink.frames and last.state == StreamState.ERROR and last.fatal
     assert "320x240 = 0.1 MP exceeds max_image_pixels" in last.reason and str(video_mp4) in last.reason
     assert len(_run(video_mp4, max_image_pixels=320 * 240).frames) == 50
+
+
+def test_a_looped_damaged_file_reports_its_damage_once(tmp_path: Path) -> None:
+    clip = make_video(tmp_path / "c.ts", seconds=2.0, size=(160, 120))
+    path = damaged_copy(clip, tmp_path / "speck.ts", at=0.3, n_bytes=50, how="noise")
+    sink = _run(path, loop=True, max_frames=160)
+    assert len(sink.frames) == 160
+    errors = [e for e in sink.events if e.state == StreamState.ERROR]
+    assert len(errors) == 1 and not errors[0].fatal and "looping a damaged file" in errors[0].reason
+    assert sink.events[-1].state == StreamState.ENDED and sink.events[-1].reason == "max_frames reached"
