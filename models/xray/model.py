@@ -65,7 +65,7 @@ def scanner_image_to_tensor(image: np.ndarray) -> torch.Tensor:
         gray = torch.from_numpy(array.astype(np.float32) / 65535.0)
         return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
     if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
     raise ConfigError(f"a scan must be uint8[H, W, 3] or uint16[H, W], got {array.dtype}{list(array.shape)}")
 
 
@@ -259,6 +259,8 @@ class XraySam(nn.Module):
                image_sizes: list[tuple[int, int]]) -> tuple[DecoderOutput, DecoderOutput | None]:
         """(target, occluder) decoder outputs for ``boxes`` float[Rᵢ, 4] per image (occluder None when single)."""
         counts = torch.tensor([b.shape[0] for b in boxes], device=embedding.device)
+        if int(counts.sum()) == 0:  # no RoI anywhere in the batch: attention kernels reject empty batches
+            return self._empty_decode(embedding), (self._empty_decode(embedding) if self.occluder_decoder else None)
         prompts = self.prompter(self.prompt_pool(features, boxes, image_sizes))  # [R, 1, T, E]
         per_roi = embedding.repeat_interleave(counts, dim=0)
         r, e, h, w = per_roi.shape
@@ -269,6 +271,12 @@ class XraySam(nn.Module):
             occluder = run_mask_decoder(self.occluder_decoder, per_roi, positional, prompts, dense)
         target = run_mask_decoder(self.target_decoder, per_roi, positional, prompts, dense, residual=occluder)
         return target, occluder
+
+    def _empty_decode(self, embedding: torch.Tensor) -> DecoderOutput:
+        _, e, h, w = embedding.shape
+        tokens = 1 + self.target_decoder.num_mask_tokens + self.config.prompt_tokens
+        return DecoderOutput(embedding.new_zeros((0, 4 * h, 4 * w)), embedding.new_zeros((0,)),
+                             embedding.new_zeros((0, 1, tokens, e)), embedding.new_zeros((0, e, h, w)))
 
     # ------------------------------------------------------------------ training
 

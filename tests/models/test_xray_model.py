@@ -268,3 +268,10 @@ def test_exported_weights_rebuild_without_the_sam_folder(tmp_path):
     a, b = model.detect([image])[0], loaded.model.detect([image])[0]
     torch.testing.assert_close(a.boxes_xyxy, b.boxes_xyxy)
     torch.testing.assert_close(a.masks, b.masks)
+
+
+def test_no_roi_anywhere_gives_empty_outputs():
+    torch.manual_seed(0)
+    model = build_xray(config=_config(box_score_thresh=1.01)).eval()  # nothing can pass the score threshold
+    (det,) = model.detect([torch.rand(3, SIZE, SIZE)])
+    assert det.scores.shape == (0,) and det.masks.shape == det.occluder_masks.shape == (0, SIZE, SIZE)

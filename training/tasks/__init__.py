@@ -13,6 +13,7 @@ from amodal.errors import ConfigError
 TASKS: dict[str, str] = {
     "cmasktrack": "amodal.training.tasks.cmasktrack:CMaskTrackTask",
     "mbf": "amodal.training.tasks.mbf:MBFTask",
+    "xray": "amodal.training.tasks.xray:XrayTask",
 }
 
 
