@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -76,6 +77,9 @@ class Subscriber:
             topics.append(schema.STATUS_TOPIC)
         if metrics:
             topics.append(schema.METRICS_TOPIC)
+        # last: a private topic nothing is published on; the engine counts these to wait for its subscribers, and
+        # subscriptions arrive in order, so when it sees this one the topics above are in place
+        topics.append(f"{schema.HELLO_PREFIX}{uuid.uuid4().hex}")
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._socket.connect(endpoint)

@@ -149,9 +149,10 @@ def mbf_embedders(weights: str | None, device: str) -> dict[str, EmbedBatch]:
 
     from amodal.engine.device import select_device
     from amodal.models.mbf import build_mbf, load_mbf
-    from amodal.pretrained import default_weights
+    from amodal.engine.stages.reid import ReidStage
+    from amodal.pretrained import shipped_weights
 
-    loaded = load_mbf(weights or default_weights("reid"))
+    loaded = load_mbf(weights or shipped_weights(ReidStage.shipped_weights))
     torch_device = select_device(device)
     size = (loaded.config.input_height, loaded.config.input_width)
     embedders: dict[str, EmbedBatch] = {}

@@ -17,7 +17,7 @@ pipeline names are ``ConfigError``s that name them and list the known ones.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,6 @@ class EngineConfig:
             if source.stream_id in seen:
                 raise ConfigError(f"duplicate stream id {source.stream_id!r}")
             seen.add(source.stream_id)
-            self.pipeline_for(source.pipeline, f"source {source.stream_id}")
 
     def pipeline_for(self, name: str | None, where: str = "config") -> PipelineConfig:
         """The pipeline called ``name`` (None = the default one); ConfigError listing the known ones."""
@@ -190,7 +189,10 @@ class EngineConfig:
             data["pipelines"] = (pipeline_from_analyzer(analyzer, f"{where}: analyzer"),)
         elif "pipelines" in data:
             data["pipelines"] = pipelines_from_mapping(data["pipelines"], f"{where}: pipelines")
-        return build_settings(cls, {**data, "sources": tuple(sources)}, where)
+        config = build_settings(cls, {**data, "sources": tuple(sources)}, where)
+        for source in config.sources:  # (an Engine given stage instances checks against its own pipelines)
+            config.pipeline_for(source.pipeline, f"{where}: source {source.stream_id}")
+        return config
 
 
 def pipelines_from_mapping(raw: Any, where: str) -> tuple[PipelineConfig, ...]:

@@ -2,7 +2,7 @@
 atomically, searchable over ZeroMQ (``QueryServer``).  Heavy parts are imported on first use."""
 from __future__ import annotations
 
-from amodal.engine.gallery.config import GalleryConfig
+from amodal.engine.gallery.config import GalleryConfig, QueryLimits
 from amodal.engine.gallery.types import IdentityMatch, Sighting
 
 _LAZY = {
@@ -20,4 +20,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'amodal.engine.gallery' has no attribute {name!r}")
 
 
-__all__ = ["Gallery", "GalleryConfig", "IdentityMatch", "QueryServer", "Sighting"]
+__all__ = ["Gallery", "GalleryConfig", "IdentityMatch", "QueryLimits", "QueryServer", "Sighting"]

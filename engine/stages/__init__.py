@@ -14,6 +14,7 @@ from amodal.engine.stages.identity import IdentitySettings, IdentityStage
 from amodal.engine.stages.maskrcnn import MaskRCNNSettings, MaskRCNNStage
 from amodal.engine.stages.ovis import OvisSettings, OvisStage
 from amodal.engine.stages.reid import ReidSettings, ReidStage
+from amodal.engine.stages.xray import XraySettings, XrayStage
 from amodal.errors import ConfigError
 from amodal.settings import build_settings
 
@@ -30,6 +31,7 @@ STAGES: Mapping[str, StageEntry] = {
     "maskrcnn": StageEntry(MaskRCNNSettings, MaskRCNNStage, "Mask R-CNN instance segmentation (primary)"),
     "ovis": StageEntry(OvisSettings, OvisStage, "CMaskTrack R-CNN: occluded instances with track ids (primary)"),
     "reid": StageEntry(ReidSettings, ReidStage, "MBF person ReID + faiss gallery: embeddings, global ids (after ovis)"),
+    "xray": StageEntry(XraySettings, XrayStage, "bilayer SAM: prohibited items with occluder masks in X-ray scans (primary)"),
 }
 
 

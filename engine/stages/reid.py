@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from amodal.engine.gallery import GalleryConfig
+from amodal.engine.gallery import GalleryConfig, QueryLimits
 from amodal.engine.stage import InputSpec, Stage, StageBatch
 from amodal.engine.stages.common import resolve_weights
 from amodal.errors import ConfigError
@@ -44,7 +44,8 @@ class ReidSettings:
     equal-error threshold of cross-camera same-person pairs, else 0.6); ``min_observations``: frames a track is seen
     before it gets an identity; ``query_endpoint``: ZeroMQ endpoint answering gallery queries (None = none);
     ``min_box_height_px``: shorter person boxes are not embedded; ``track_lost_frames``: a person track not seen for
-    this many frames of its stream is ended in the gallery, so its identity can go to a new track of that stream."""
+    this many frames of its stream is ended in the gallery, so its identity can go to a new track of that stream;
+    ``query_limits``: the query endpoint's request, image and rate limits (docs/gallery.md)."""
 
     weights: str | None = None
     gallery_path: str | None = None
@@ -55,6 +56,7 @@ class ReidSettings:
     person_class: str = "person"
     min_box_height_px: float = 16.0
     track_lost_frames: int = 25
+    query_limits: QueryLimits = field(default_factory=QueryLimits)
 
     def __post_init__(self) -> None:
         if self.match_threshold is not None and not -1.0 <= self.match_threshold <= 1.0:
@@ -133,7 +135,8 @@ class ReidStage(Stage):
         if s.query_endpoint and self._query_server is None:
             from amodal.engine.gallery import QueryServer
 
-            self._query_server = QueryServer(self._gallery, s.query_endpoint, embed_image=self.embed_image).start()
+            self._query_server = QueryServer(self._gallery, s.query_endpoint, embed_image=self.embed_image,
+                                             limits=s.query_limits).start()
 
     # ------------------------------------------------------------------------------------ embedding
     def embed_crops(self, crops: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from amodal import Subscriber
-from amodal.engine.analyzers.identity import IdentityAnalyzer
+from amodal.engine.stages.identity import IdentityStage
 from amodal.engine.config import EngineConfig
 from amodal.engine.engine import Engine
 from amodal.errors import ConfigError
@@ -88,7 +88,7 @@ def test_bad_files_give_error_events_and_the_good_file_is_served(endpoint, tmp_p
     good = make_video(tmp_path / "good.mp4", seconds=2.0, fps=25, size=(96, 64), gop=25)
     truncated = truncated_copy(good, tmp_path / "truncated.mp4", 0.5)
     garbage = write_garbage(tmp_path / "garbage.mp4")
-    engine = Engine(EngineConfig(publish=endpoint), analyzer=IdentityAnalyzer()).start()
+    engine = Engine(EngineConfig(publish=endpoint), pipelines={"default": [IdentityStage()]}).start()
     sub = Subscriber(endpoint)
     time.sleep(0.3)
     try:
@@ -137,7 +137,8 @@ def test_per_source_settings_from_yaml(tmp_path):
     assert [s.stream_id for s in config.sources] == ["s0", "belt1"]
     assert all(s.read_timeout_s == 3.0 for s in config.sources)
     assert config.sources[1].queue_size == 4
-    assert (config.analyzer.name, config.analyzer.weights, config.analyzer.score_threshold) == ("maskrcnn", "/models/m.safetensors", 0.7)
+    (stage,) = config.pipelines[0].stages  # the legacy analyzer: section is a one-stage pipeline
+    assert (stage.name, stage.settings.weights, stage.settings.score_threshold) == ("maskrcnn", "/models/m.safetensors", 0.7)
 
 
 def test_summary_line_shows_track_and_global_ids():

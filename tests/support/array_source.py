@@ -13,8 +13,9 @@ from amodal.types import Frame, StreamEvent, StreamState
 class ArraySource(Source):
     """Delivers ``n`` small rgb24 frames (pixel value = index % 256), optionally spaced by ``interval_s``."""
 
-    def __init__(self, stream_id: str, n: int, interval_s: float = 0.0, live: bool = False, size=(16, 24), fail_at: int | None = None):
-        super().__init__(SourceConfig(uri=f"test://{stream_id}", stream_id=stream_id))
+    def __init__(self, stream_id: str, n: int, interval_s: float = 0.0, live: bool = False, size=(16, 24),
+                 fail_at: int | None = None, pipeline: str | None = None):
+        super().__init__(SourceConfig(uri=f"test://{stream_id}", stream_id=stream_id, pipeline=pipeline))
         self.n, self.interval_s, self.live, self.size, self.fail_at = n, interval_s, live, size, fail_at
         self.delivered = 0
         self.refused = 0

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from amodal.errors import ConfigError
-from amodal.training.data.synth import _render as R
+from amodal.world import render as R
 
 GENERATOR_VERSION = 1
 
