@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("amodal.training.data.cli", "synthetic occlusion datasets and dataset tools"),
     "eval": ("amodal.training.evaluation.cli", "standard evaluators (coco, vis, amodal, reid, layers)"),
     "train": ("amodal.training.cli", "train a model from a training YAML (torchrun for several GPUs)"),
+    "convert": ("amodal.cli_convert", "convert a published checkpoint to our weights (eoras)"),
 }
 
 
