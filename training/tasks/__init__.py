@@ -14,6 +14,7 @@ TASKS: dict[str, str] = {
     "cmasktrack": "amodal.training.tasks.cmasktrack:CMaskTrackTask",
     "mbf": "amodal.training.tasks.mbf:MBFTask",
     "xray": "amodal.training.tasks.xray:XrayTask",
+    "eoras": "amodal.training.tasks.eoras:EoRaSTask",
 }
 
 
