@@ -26,7 +26,7 @@ import numpy as np
 import zmq
 
 from amodal.bench.common import new_figure, save_figure, write_results
-from amodal.engine.analyzers.identity import IdentityAnalyzer
+from amodal.engine.stages.identity import IdentityStage
 from amodal.engine.config import EngineConfig
 from amodal.engine.engine import Engine
 from amodal.engine.publisher import Publisher
@@ -126,14 +126,16 @@ def _subscribe_until_ended(endpoint: str, streams: int, timeout_s: float, ready,
     sub.close()
 
 
-def _run_engine(sources: list[SourceConfig], max_batch_size: int = 8, max_wait_ms: float = 2.0, timeout_s: float = 900) -> dict:
-    """Run the identity engine on ``sources`` with a subscriber in its own process (as real subscribers
-    are); returns frames received, wall time and capture → subscriber latency samples."""
+def run_engine(sources: list[SourceConfig], max_batch_size: int = 8, max_wait_ms: float = 2.0, timeout_s: float = 900,
+               stages=None) -> dict:
+    """Run the engine on ``sources`` through ``stages`` (default: one ``identity`` stage; stage instances or
+    ``StageSlot``s) with a subscriber in its own process (as real subscribers are); returns frames received, wall
+    time and capture → subscriber latency samples."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     endpoint = _free_endpoint()
-    engine = Engine(EngineConfig(publish=endpoint, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms), analyzer=IdentityAnalyzer()).start()
+    engine = Engine(EngineConfig(publish=endpoint, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms), pipelines={"default": stages or [IdentityStage()]}).start()
     ready, (parent, child) = ctx.Event(), ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_subscribe_until_ended, args=(endpoint, len(sources), timeout_s, ready, child), daemon=True)
     proc.start()
@@ -151,7 +153,7 @@ def _run_engine(sources: list[SourceConfig], max_batch_size: int = 8, max_wait_m
             "t_s": [(t - start_ns) / 1e9 for t in got["wall_ns"]], "lost": got["lost"], "snapshot": snapshot}
 
 
-def _percentiles(samples: list[float]) -> dict[str, float]:
+def percentiles(samples: list[float]) -> dict[str, float]:
     if not samples:
         return {}
     p50, p95, p99 = np.percentile(samples, [50, 95, 99])
@@ -160,7 +162,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 def engine_throughput(path: Path, streams: int, threads: int) -> dict:
     sources = [SourceConfig(uri=str(path), stream_id=f"f{i}", realtime=False, decode_threads=threads) for i in range(streams)]
-    run = _run_engine(sources)
+    run = run_engine(sources)
     return {"streams": streams, "fps_total": run["received"] / run["wall_s"], "received": run["received"], "lost": run["lost"]}
 
 
@@ -168,8 +170,8 @@ def engine_live_latency(path: Path, streams: int, threads: int) -> dict:
     """Files paced at 25 fps like cameras: capture (decode) → subscriber latency."""
     sources = [SourceConfig(uri=str(path), stream_id=f"live{i}", realtime=True, decode_threads=threads, queue_size=2,
                             overflow="drop-oldest") for i in range(streams)]
-    run = _run_engine(sources, max_batch_size=max(1, streams), max_wait_ms=1.0)
-    return {"streams": streams, **_percentiles(run["latency_ms"]), "fps_total": run["received"] / run["wall_s"], "lost": run["lost"],
+    run = run_engine(sources, max_batch_size=max(1, streams), max_wait_ms=1.0)
+    return {"streams": streams, **percentiles(run["latency_ms"]), "fps_total": run["received"] / run["wall_s"], "lost": run["lost"],
             "dropped": sum(s.get("dropped", 0) for s in run["snapshot"]["streams"].values())}
 
 
@@ -262,7 +264,7 @@ def rtsp_latency(seconds: float, threads: int) -> dict:
     server = helper.RtspServer(("/cam",), width=1280, height=720, fps=25, gop=25).start()
     try:
         source = SourceConfig(uri=server.url("/cam"), stream_id="rtsp", decode_threads=threads, max_frames=int(seconds * 25))
-        run = _run_engine([source], max_batch_size=1, max_wait_ms=0.0, timeout_s=seconds + 120)
+        run = run_engine([source], max_batch_size=1, max_wait_ms=0.0, timeout_s=seconds + 120)
     finally:
         server.stop()
     lat, t = np.array(run["latency_ms"]), np.array(run["t_s"])
@@ -273,8 +275,8 @@ def rtsp_latency(seconds: float, threads: int) -> dict:
     for m in range(int(np.ceil(t.max() / 60.0))):
         sel = lat[(t >= 60 * m) & (t < 60 * (m + 1))]
         if len(sel):
-            minutes.append({"minute": m, **_percentiles(sel.tolist())})
-    return {"seconds": seconds, "frames": int(len(lat)), "fps": len(lat) / run["wall_s"], **_percentiles(lat.tolist()),
+            minutes.append({"minute": m, **percentiles(sel.tolist())})
+    return {"seconds": seconds, "frames": int(len(lat)), "fps": len(lat) / run["wall_s"], **percentiles(lat.tolist()),
             "drift_ms_per_min": round(slope_ms_per_min, 3), "per_minute": minutes, "lost": run["lost"],
             "series_t_s": t[:: max(1, len(t) // 2000)].round(3).tolist(), "series_ms": lat[:: max(1, len(t) // 2000)].round(2).tolist()}
 

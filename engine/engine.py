@@ -215,7 +215,8 @@ class Engine:
         with self._ready:
             if config.stream_id in self._queues:
                 raise ConfigError(f"stream {config.stream_id!r} is already attached")
-            q = SourceQueue(config.stream_id, source.queue_size, source.overflow, self._ready)
+            q = SourceQueue(config.stream_id, source.queue_size, source.overflow, self._ready,
+                            frame_label=getattr(source, "frame_label", None))
             attached = _Attached(source, q, threading.Event(), pipeline)
             attached.thread = threading.Thread(
                 target=self._run_source, args=(attached,), name=f"amodal-source-{config.stream_id}", daemon=True

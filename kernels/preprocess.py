@@ -438,36 +438,68 @@ def _gather_rgb01(frames: _Frames, rows: torch.Tensor, cols: torch.Tensor) -> to
     return rgb.permute(0, 3, 1, 2)
 
 
+_Y_LUT = (torch.arange(256, dtype=torch.float32) - _Y_OFFSET) * _Y_SCALE  # (Y − 16)·1.164, the same fp32 ops
+
+
+def _upsample2(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, ⌈h/2⌉, ⌈w/2⌉] → [B, h, w], each chroma sample repeated over its 2×2 block (nearest)."""
+    b, ch, cw = t.shape
+    return t[:, :, None, :, None].expand(b, ch, 2, cw, 2).reshape(b, 2 * ch, 2 * cw)[:, :h, :w]
+
+
+def _frames_to_rgb01(frames: _Frames) -> torch.Tensor:
+    """Whole frames → float32 RGB [B, 3, H, W] in 0..1, the same values as ``_to_rgb01`` with fewer passes: the
+    luma term from a 256-entry table, chroma terms computed at chroma resolution and repeated, rounding in place."""
+    if frames.pixel_format not in ("yuv420p", "nv12"):
+        return _to_rgb01(frames)
+    p, b, h, w = frames.planes, frames.batch, frames.height, frames.width
+    u, v = (p[1], p[2]) if frames.pixel_format == "yuv420p" else (p[1][..., 0], p[1][..., 1])
+    yy = _Y_LUT.to(p[0].device).index_select(0, p[0].reshape(-1).to(torch.int32)).view(b, h, w)
+    uu = u.float().sub_(_UV_OFFSET)
+    vv = v.float().sub_(_UV_OFFSET)
+    out = torch.empty((b, 3, h, w), dtype=torch.float32, device=yy.device)
+    torch.add(yy, _upsample2(vv * _R_V, h, w), out=out[:, 0])
+    torch.add(yy, _upsample2(uu * _G_U, h, w), out=out[:, 1])
+    out[:, 1].add_(_upsample2(vv * _G_V, h, w))
+    torch.add(yy, _upsample2(uu * _B_U, h, w), out=out[:, 2])
+    return out.add_(0.5).clamp_(0.0, 255.0).floor_().div_(255.0)
+
+
 def preprocess_cpu(
     frames: _Frames, geo: LetterboxGeometry, mean: tuple[float, ...], std: tuple[float, ...],
     pad_value: float, dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Gather-first chain: convert only the source pixels the bilinear resize reads, blend, normalise in place."""
+    """Whole frames converted once (``_frames_to_rgb01``) then resized by ``F.interpolate``; for strong
+    downscales, gather-first instead (convert only the source pixels the bilinear resize reads, then blend).
+    Normalisation in place; padding written only where it is."""
     rh, rw = geo.resized_h, geo.resized_w
-    out = torch.empty((frames.batch, 3, geo.out_h, geo.out_w), dtype=torch.float32, device=frames.planes[0].device)
-    m = torch.tensor(mean, dtype=torch.float32, device=out.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=out.device).view(1, 3, 1, 1)
-    out.copy_(((float(pad_value) - m) / s).expand_as(out))
-    region = out[:, :, geo.pad_y: geo.pad_y + rh, geo.pad_x: geo.pad_x + rw]
+    device = frames.planes[0].device
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    padded = (rh, rw) != (geo.out_h, geo.out_w)
     if (rh, rw) == (frames.height, frames.width):  # no resampling: bilinear at scale 1 reads each pixel once
-        rows = torch.arange(rh, device=out.device)
-        cols = torch.arange(rw, device=out.device)
-        region.copy_(_gather_rgb01(frames, rows, cols))
-    elif 2 * rh * rw <= frames.height * frames.width:
-        y0, y1, ly = (t.to(out.device) for t in _source_index(rh, frames.height))
-        x0, x1, lx = (t.to(out.device) for t in _source_index(rw, frames.width))
-        rows = torch.cat((y0, y1))
-        cols = torch.cat((x0, x1))
-        grid = _gather_rgb01(frames, rows, cols)  # [B, 3, 2·rh, 2·rw]
+        image = _frames_to_rgb01(frames)
+    elif 4 * rh * rw < frames.height * frames.width:
+        y0, y1, ly = (t.to(device) for t in _source_index(rh, frames.height))
+        x0, x1, lx = (t.to(device) for t in _source_index(rw, frames.width))
+        grid = _gather_rgb01(frames, torch.cat((y0, y1)), torch.cat((x0, x1)))  # [B, 3, 2·rh, 2·rw]
         top, bottom = grid[:, :, :rh], grid[:, :, rh:]
         hx, lx = (1.0 - lx).view(1, 1, 1, rw), lx.view(1, 1, 1, rw)
         hy, ly = (1.0 - ly).view(1, 1, rh, 1), ly.view(1, 1, rh, 1)
         upper = top[..., :rw] * hx + top[..., rw:] * lx
         lower = bottom[..., :rw] * hx + bottom[..., rw:] * lx
-        region.copy_(upper * hy + lower * ly)
+        image = upper.mul_(hy).add_(lower.mul_(ly))
     else:
-        region.copy_(F.interpolate(_to_rgb01(frames), size=(rh, rw), mode="bilinear", align_corners=False))
-    region.sub_(m).div_(s)
+        image = F.interpolate(_frames_to_rgb01(frames), size=(rh, rw), mode="bilinear", align_corners=False)
+    if padded:
+        out = torch.empty((frames.batch, 3, geo.out_h, geo.out_w), dtype=torch.float32, device=device)
+        out.copy_(((float(pad_value) - m) / s).expand_as(out))
+        region = out[:, :, geo.pad_y: geo.pad_y + rh, geo.pad_x: geo.pad_x + rw]
+        region.copy_(image)
+    else:
+        out = region = image
+    if mean != (0.0, 0.0, 0.0) or std != (1.0, 1.0, 1.0):
+        region.sub_(m).div_(s)
     return out.to(dtype)
 
 

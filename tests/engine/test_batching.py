@@ -24,7 +24,9 @@ def test_drop_oldest_keeps_newest_frames_and_all_events():
     with ready:
         items = [q.pop() for _ in range(len(q))]
     assert isinstance(items[0], StreamEvent)
-    assert [f.index for f in items[1:]] == [3, 4]
+    assert [f.index for f in items if isinstance(f, Frame)] == [3, 4]
+    notices = [e for e in items[1:] if isinstance(e, StreamEvent)]
+    assert [e.state for e in notices] == [StreamState.DROPPED] and "3 frames: 0, 1, 2" in notices[0].reason
     assert q.dropped == 3 and q.accepted == 5
 
 
