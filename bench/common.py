@@ -4,22 +4,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def git_commit() -> str:
-    """The repository's HEAD commit (``unknown`` outside a checkout)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from amodal.provenance import git_commit
 
 
 def environment() -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from amodal.models.weights import save_weights
+from amodal.provenance import git_commit
 
 
 def export_metadata(
@@ -14,8 +15,6 @@ def export_metadata(
 ) -> dict[str, Any]:
     """The task's record (classes, input size, normalisation, training data, metric) plus metric, score,
     the evaluation it came from, commit, steps and the training config."""
-    from amodal.bench.common import git_commit
-
     record = dict(task_metadata)
     record.setdefault("metric", "score")
     record.update({
