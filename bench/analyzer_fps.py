@@ -1,9 +1,10 @@
-"""``amodal bench analyzer --analyzer NAME``: model-only fps against engine fps at batch sizes 1–16.
+"""``amodal bench analyzer --pipeline STAGES``: model-only fps against engine fps at batch sizes 1–16.
 
-Model-only: ``analyzer.process`` on pre-decoded frames in batches of B (the ceiling).  Engine: the same
-analyzer in the engine, B concurrent file streams decoded as fast as possible and micro-batched up to B
-(decode, queues, batching, post-processing and publishing included), received by a subscriber.  Both in
-one run; the ratio engine/model is the engine's efficiency.  Writes ``analyzer_<name>.json`` + ``.png``.
+Model-only: the pipeline's stages (with the batch preprocessing) on pre-decoded frames in batches of B (the
+ceiling).  Engine: the same pipeline in the engine, B concurrent file streams decoded as fast as possible and
+micro-batched up to B (decode, queues, batching, post-processing and publishing included), received by a
+subscriber.  Both in one run; the ratio engine/model is the engine's efficiency.  Writes
+``analyzer_<stages>.json`` + ``.png``.
 """
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ import torch
 from amodal.bench.common import new_figure, save_figure, write_results
 from amodal.bench.latency import _free_endpoint
 from amodal.demo import FEED_FPS, encode_feed, render_shapes, render_street
-from amodal.engine.analyzers import build_analyzer
-from amodal.engine.config import AnalyzerConfig, EngineConfig
+from amodal.engine.config import (
+    DEFAULT_PIPELINE,
+    EngineConfig,
+    PipelineConfig,
+    parse_stage_list,
+    pipeline_from_analyzer,
+)
 from amodal.engine.device import select_device
-from amodal.engine.engine import Engine
+from amodal.engine.engine import Engine, build_pipelines
+from amodal.engine.pipeline import Pipeline
 from amodal.schema import FrameMessage, StatusMessage
 from amodal.streams.base import SourceConfig
 from amodal.streams.open import open_source
@@ -46,25 +53,35 @@ def _decode_all(path: Path, n: int) -> list:
     return sink.frames
 
 
-def model_fps(config: AnalyzerConfig, device: torch.device, frames: list, batch: int, repeats: int) -> float:
-    analyzer = build_analyzer(config)
-    analyzer.start(device)
-    analyzer.process(frames[:batch])  # warm-up
-    analyzer.on_source_eos("bench")
+def model_fps(config: PipelineConfig, device: torch.device, frames: list, batch: int, repeats: int) -> float:
+    pipeline = Pipeline(config.name, build_pipelines([config])[config.name])
+    stages = list({id(s.stage): s.stage for s in pipeline.slots}.values())
+    for stage in stages:
+        stage.start(device)
+
+    def end_stream() -> None:
+        for stage in stages:
+            stage.on_source_eos("bench")
+
+    pipeline.process(frames[:batch], device)  # warm-up
+    end_stream()
     done, start = 0, time.perf_counter()
     for _ in range(repeats):
         for k in range(0, len(frames) - batch + 1, batch):
-            analyzer.process(frames[k : k + batch])
+            pipeline.process(frames[k : k + batch], device)
             done += batch
-        analyzer.on_source_eos("bench")
+        end_stream()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    for stage in stages:
+        stage.stop()
     return done / (time.perf_counter() - start)
 
 
-def engine_fps(config: AnalyzerConfig, device_name: str, clip: Path, batch: int, frames_per_stream: int) -> float:
+def engine_fps(config: PipelineConfig, device_name: str, clip: Path, batch: int, frames_per_stream: int) -> float:
     endpoint = _free_endpoint()
-    engine = Engine(EngineConfig(publish=endpoint, analyzer=config, max_batch_size=batch, max_wait_ms=20.0, device=device_name)).start()
+    engine = Engine(EngineConfig(publish=endpoint, pipelines=(config,), max_batch_size=batch, max_wait_ms=20.0,
+                                 device=device_name)).start()
     sub = Subscriber(endpoint)
     time.sleep(0.3)
     start = time.perf_counter()
@@ -86,17 +103,19 @@ def engine_fps(config: AnalyzerConfig, device_name: str, clip: Path, batch: int,
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="amodal bench analyzer", description=__doc__.splitlines()[0])
-    p.add_argument("--analyzer", default="ovis")
-    p.add_argument("--weights", default=None, help="default: the shipped weights")
+    p.add_argument("--pipeline", default="ovis", help="stages, e.g. ovis,reid")
+    p.add_argument("--analyzer", help="legacy: one analyzer (reid means ovis,reid)")
     p.add_argument("--batches", default="1,2,4,8,16")
     p.add_argument("--frames", type=int, default=32, help="frames per stream / per model-only pass")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("out/bench/analyzer"))
     args = p.parse_args(argv)
-    config = AnalyzerConfig(name=args.analyzer, weights=args.weights, score_threshold=0.5)
+    config = (pipeline_from_analyzer(args.analyzer, "--analyzer") if args.analyzer
+              else PipelineConfig.of(DEFAULT_PIPELINE, parse_stage_list(args.pipeline)))
+    name = "_".join(config.stage_names)
     device = select_device(args.device)
-    render = render_shapes if args.analyzer == "maskrcnn" else render_street  # the demo's feed for the analyzer
+    render = render_shapes if config.stage_names[0] == "maskrcnn" else render_street  # the demo's feed
     clip = encode_feed(args.out / "feed.mp4", render(max(2.0, args.frames / FEED_FPS + 0.5)))
     frames = _decode_all(clip, args.frames)
     rows = []
@@ -104,8 +123,8 @@ def main(argv: list[str]) -> int:
         m = model_fps(config, device, frames, batch, args.repeats)
         e = engine_fps(config, args.device, clip, batch, args.frames)
         rows.append({"batch": batch, "model_fps": m, "engine_fps": e, "engine_vs_model": e / m})
-        print(f"{args.analyzer} batch {batch:2d}: model {m:7.1f} fps, engine {e:7.1f} fps ({e / m:.2f}x)", flush=True)
-    path = write_results(args.out, f"analyzer_{args.analyzer}", {"analyzer": args.analyzer, "device": str(device), "rows": rows,
+        print(f"{name} batch {batch:2d}: model {m:7.1f} fps, engine {e:7.1f} fps ({e / m:.2f}x)", flush=True)
+    path = write_results(args.out, f"analyzer_{name}", {"pipeline": list(config.stage_names), "device": str(device), "rows": rows,
                                                                   "frame_size": [frames[0].width, frames[0].height]})
     fig, axes = new_figure(1)
     ax = axes[0][0]
@@ -114,8 +133,8 @@ def main(argv: list[str]) -> int:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size (= concurrent streams)")
     ax.set_ylabel("frames/s")
-    ax.set_title(f"{args.analyzer} on {device}")
+    ax.set_title(f"{','.join(config.stage_names)} on {device}")
     ax.legend()
-    save_figure(fig, args.out, f"analyzer_{args.analyzer}")
+    save_figure(fig, args.out, f"analyzer_{name}")
     print(f"wrote {path}")
     return 0

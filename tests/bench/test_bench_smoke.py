@@ -1,0 +1,20 @@
+"""The pipeline benchmarks run end to end on tiny settings and write their JSON and plot (no timing asserted)."""
+from __future__ import annotations
+
+import json
+
+from amodal.bench import analyzer_fps, pipeline
+
+
+def test_pipeline_bench_parts_write_results(tmp_path):
+    assert pipeline.main(["--out", str(tmp_path), "--part", "preprocess", "--clip-seconds", "1", "--reps", "1"]) == 0
+    results = json.loads((tmp_path / "pipeline.json").read_text())
+    assert {r["input"] for r in results["preprocess"]} == {"native 1280x720", "letterbox 640x384"}
+    assert all(r["max_abs_difference"] < 1e-5 for r in results["preprocess"])  # same pixels as the per-frame path
+    assert (tmp_path / "pipeline.png").stat().st_size > 0
+
+
+def test_analyzer_bench_runs_a_pipeline(tmp_path):
+    assert analyzer_fps.main(["--pipeline", "identity", "--batches", "2", "--frames", "4", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "analyzer_identity.json").read_text())["rows"]
+    assert [r["batch"] for r in rows] == [2] and rows[0]["engine_fps"] > 0 and rows[0]["model_fps"] > 0
