@@ -1,0 +1,239 @@
+"""Training task for the Mask R-CNN of the ``maskrcnn`` analyzer on moving-shapes scenes (``amodal.world.shapes``).
+
+Every training image is one frame of a random shapes scene (discs, boxes and person-like blobs crossing and
+occluding each other) with its exact visible masks; the scene seed and frame index of every image are drawn from
+(seed, rank, batch index), so the stream is endless, deterministic and resumable at any batch without rendering
+the batches before it.  Held-out scenes use seeds outside the training range; evaluation runs the model on one
+frame of each and scores COCO segm and bbox AP (``amodal.training.evaluation.coco``); the score is segm AP.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from amodal.errors import ConfigError
+from amodal.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
+from amodal.settings import build_settings
+from amodal.training.evaluation.coco import COCOEvaluator
+from amodal.training.evaluation.common import rle_area, rle_encode
+from amodal.world.shapes import SHAPE_KINDS, SyntheticScene, SyntheticSpec
+
+RESULT_KEYS = ("AP", "AP50", "AP75", "APs", "APm")
+MASK_THRESHOLD = 0.5  # predicted mask probabilities → binary masks for COCO evaluation (as the analyzer publishes)
+
+
+@dataclass(frozen=True)
+class MaskRCNNTaskConfig:
+    """``task_config:`` of a Mask R-CNN run on shapes scenes.
+
+    Data: ``input_width × input_height`` frames of ``objects``-object scenes with seeds in ``[0, train_scenes)``,
+    frame indices in ``[0, scene_frames)`` (25 fps); objects with fewer than ``min_visible_px`` visible pixels are
+    not targets.  Held-out: ``eval_scenes`` scenes with seeds from ``eval_first_seed`` (≥ ``train_scenes``).
+    Model keys mirror ``MaskRCNNConfig`` (``max_detections`` is its ``box_detections_per_img``); the shorter and
+    longer input side are its ``min_size``/``max_size``, so frames are never resized."""
+
+    input_height: int = 192
+    input_width: int = 256
+    objects: int = 5
+    scene_frames: int = 400
+    train_scenes: int = 1_000_000
+    min_visible_px: int = 40
+    eval_scenes: int = 40
+    eval_first_seed: int = 10_000_000
+    backbone: str = "tiny"
+    tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 96)
+    fpn_channels: int = 64
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    box_head_dim: int = 256
+    mask_head_channels: int = 64
+    rpn_post_nms_train: int = 300
+    rpn_post_nms_test: int = 200
+    box_batch_size_per_image: int = 128
+    max_detections: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("input_height", "input_width", "objects", "scene_frames", "train_scenes", "eval_scenes",
+                     "fpn_channels", "box_head_dim", "mask_head_channels", "rpn_post_nms_train", "rpn_post_nms_test",
+                     "box_batch_size_per_image", "max_detections"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+        if not isinstance(self.min_visible_px, int) or self.min_visible_px < 1:
+            raise ConfigError(f"min_visible_px must be an integer ≥ 1, got {self.min_visible_px!r}")
+        if not isinstance(self.eval_first_seed, int) or self.eval_first_seed < self.train_scenes:
+            raise ConfigError(f"eval_first_seed ({self.eval_first_seed!r}) must be ≥ train_scenes "
+                              f"({self.train_scenes}): held-out scenes must not be training scenes")
+        # the scene's and the model's own checks (size, object count, backbone, anchors) with their messages
+        SyntheticSpec(width=self.input_width, height=self.input_height, objects=self.objects)
+        self.model_config()
+
+    def model_config(self) -> MaskRCNNConfig:
+        return MaskRCNNConfig(
+            class_names=SHAPE_KINDS, backbone=self.backbone, tiny_widths=self.tiny_widths,
+            fpn_channels=self.fpn_channels, min_size=min(self.input_height, self.input_width),
+            max_size=max(self.input_height, self.input_width), anchor_sizes=self.anchor_sizes,
+            box_detections_per_img=self.max_detections, box_head_dim=self.box_head_dim,
+            mask_head_channels=self.mask_head_channels, rpn_post_nms_train=self.rpn_post_nms_train,
+            rpn_post_nms_test=self.rpn_post_nms_test, box_batch_size_per_image=self.box_batch_size_per_image)
+
+
+@dataclass(frozen=True)
+class ShapesTargets:
+    """Targets of one frame: ``boxes_xyxy`` float32[N, 4] (pixels, of the visible masks), ``labels`` int64[N]
+    (1-based indices into ``SHAPE_KINDS``), ``masks`` uint8[N, H, W] (visible masks)."""
+
+    boxes_xyxy: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor
+
+    def to(self, device: torch.device) -> "ShapesTargets":
+        return ShapesTargets(self.boxes_xyxy.to(device), self.labels.to(device), self.masks.to(device))
+
+    def as_torchvision(self) -> dict[str, torch.Tensor]:
+        """The target dict torchvision's ``MaskRCNN`` takes."""
+        return {"boxes": self.boxes_xyxy, "labels": self.labels, "masks": self.masks}
+
+
+@dataclass(frozen=True)
+class ShapesBatch:
+    """``images``: float[3, H, W] RGB in [0, 1] each; ``targets`` aligned with them."""
+
+    images: tuple[torch.Tensor, ...]
+    targets: tuple[ShapesTargets, ...]
+
+    def to(self, device: torch.device) -> "ShapesBatch":
+        return ShapesBatch(tuple(i.to(device) for i in self.images), tuple(t.to(device) for t in self.targets))
+
+
+def render_sample(config: MaskRCNNTaskConfig, seed: int, index: int) -> tuple[torch.Tensor, ShapesTargets]:
+    """Frame ``index`` of scene ``seed``: (image float[3, H, W] in [0, 1], its visible-mask targets)."""
+    scene = SyntheticScene(SyntheticSpec(width=config.input_width, height=config.input_height,
+                                         objects=config.objects, seed=seed))
+    truth = scene.truth(index)
+    keep = [i for i in range(len(truth.object_ids)) if truth.visible_masks[i].sum() >= config.min_visible_px]
+    masks = truth.visible_masks[keep]
+    boxes = np.zeros((len(keep), 4), dtype=np.float32)
+    for j, mask in enumerate(masks):
+        ys, xs = np.nonzero(mask)
+        boxes[j] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    labels = [SHAPE_KINDS.index(truth.class_names[i]) + 1 for i in keep]
+    image = torch.from_numpy(scene.render(index)).permute(2, 0, 1).float().div_(255.0)
+    return image, ShapesTargets(torch.from_numpy(boxes), torch.tensor(labels, dtype=torch.int64),
+                                torch.from_numpy(masks.astype(np.uint8)))
+
+
+def held_out_frame(image_id: int) -> int:
+    """The frame evaluated in the ``image_id``-th (1-based) held-out scene."""
+    return 37 * image_id % 200
+
+
+class MaskRCNNTask:
+    """``task: maskrcnn`` — see the module docstring."""
+
+    name = "maskrcnn"
+
+    def __init__(self, task_config: dict[str, Any]) -> None:
+        self.config = build_settings(MaskRCNNTaskConfig, task_config, "task_config")
+        self.model_config = self.config.model_config()
+
+    def build_model(self) -> nn.Module:
+        return build_maskrcnn(config=self.model_config)
+
+    # ------------------------------------------------------------------ data
+
+    def train_batches(self, *, batch_size: int, seed: int, rank: int, world_size: int,
+                      start_batch: int = 0) -> Iterator[ShapesBatch]:
+        """Endless batches of random training frames; batch ``k`` of a rank depends only on (seed, rank, k), so
+        ``start_batch`` starts there directly (exact resume) and ranks draw different frames."""
+        batch = start_batch
+        while True:
+            rng = np.random.default_rng([seed, rank, batch])
+            items = [render_sample(self.config, int(rng.integers(self.config.train_scenes)),
+                                   int(rng.integers(self.config.scene_frames))) for _ in range(batch_size)]
+            images, targets = zip(*items)
+            yield ShapesBatch(tuple(images), tuple(targets))
+            batch += 1
+
+    def batch_to_device(self, batch: ShapesBatch, device: torch.device) -> ShapesBatch:
+        return batch.to(device)
+
+    def losses(self, model: nn.Module, batch: ShapesBatch) -> dict[str, torch.Tensor]:
+        """torchvision's Mask R-CNN losses (``loss_classifier``, ``loss_box_reg``, ``loss_mask``,
+        ``loss_objectness``, ``loss_rpn_box_reg``)."""
+        return model(list(batch.images), [t.as_torchvision() for t in batch.targets])
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """COCO segm and bbox AP on one frame of each held-out scene: {score (= segm AP), AP, AP50, …,
+        bbox/AP, bbox/AP50, …}."""
+        return evaluate_shapes(model, self.config, device)
+
+    def export_metadata(self) -> dict[str, Any]:
+        c, m = self.config, self.model_config
+        return {
+            "model": "maskrcnn",
+            "config": m.to_dict(),
+            "classes": list(m.class_names),
+            "input_size": [c.input_height, c.input_width],
+            "normalisation": {"mean": list(m.image_mean), "std": list(m.image_std), "scale": "rgb/255"},
+            "training_data": {
+                "scenes": f"amodal.world.shapes 'shapes' {c.input_width}x{c.input_height} objects={c.objects}",
+                "train_seeds": [0, c.train_scenes], "frames": [0, c.scene_frames],
+                "held_out_seeds": [c.eval_first_seed, c.eval_first_seed + c.eval_scenes],
+                "task_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(c).items()},
+            },
+            "metric": "COCO segm AP (pycocotools) on held-out synthetic scenes",
+        }
+
+
+def evaluate_shapes(model: nn.Module, config: MaskRCNNTaskConfig, device: torch.device) -> dict[str, float]:
+    """Run ``model`` (eval mode, restored afterwards) on frame ``held_out_frame(i)`` of each held-out scene and
+    score COCO AP for masks (binarised at ``MASK_THRESHOLD``) and boxes."""
+    core = model.module if hasattr(model, "module") else model
+    h, w = config.input_height, config.input_width
+    images, annotations, predictions = [], [], []
+    was_training = core.training
+    core.eval()
+    try:
+        with torch.inference_mode():
+            for image_id in range(1, config.eval_scenes + 1):
+                seed = config.eval_first_seed + image_id - 1
+                image, target = render_sample(config, seed, held_out_frame(image_id))
+                images.append({"id": image_id, "width": w, "height": h, "file_name": f"shapes_{seed}.png"})
+                for mask, box, label in zip(target.masks.numpy(), target.boxes_xyxy.tolist(), target.labels.tolist()):
+                    rle = rle_encode(mask)
+                    x1, y1, x2, y2 = box
+                    annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
+                                        "iscrowd": 0, "area": float(rle_area(rle)), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                        "segmentation": _json_rle(rle)})
+                out = core([image.to(device)])[0]
+                binary = (out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy()
+                for mask, box, label, score in zip(binary, out["boxes"].tolist(), out["labels"].tolist(),
+                                                   out["scores"].tolist()):
+                    x1, y1, x2, y2 = box
+                    predictions.append({"image_id": image_id, "category_id": int(label), "score": float(score),
+                                        "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": _json_rle(rle_encode(mask))})
+    finally:
+        core.train(was_training)
+    gt = {"images": images, "annotations": annotations,
+          "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_KINDS)]}
+    out: dict[str, float] = {}
+    for iou_type, prefix in (("segm", ""), ("bbox", "bbox/")):
+        evaluator = COCOEvaluator(gt, iou_type=iou_type)
+        evaluator.process(predictions)
+        result = evaluator.evaluate()
+        out.update({f"{prefix}{k}": float(result[k]) for k in RESULT_KEYS})
+    out["score"] = out["AP"]
+    out["num_gt"] = float(len(annotations))
+    out["num_predictions"] = float(len(predictions))
+    return out
+
+
+def _json_rle(rle: dict) -> dict:
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
