@@ -36,10 +36,9 @@ def _wait_line(proc: subprocess.Popen, needle: str, timeout_s: float = 30) -> st
 def test_run_and_subscribe_processes(endpoint):
     sub = subprocess.Popen([*AMODAL, "subscribe", endpoint, "--json", "--count", "20", "--timeout", "30"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    run = subprocess.run(
-        [*AMODAL, "run", "--source", "cam=synthetic://shapes?w=64&h=48&fps=50", "--analyzer", "identity",
-         "--publish", endpoint, "--max-frames", "40"],
+    run = subprocess.run(  # the engine attaches its source once the subscriber has subscribed
+        [*AMODAL, "run", "--source", "cam=synthetic://shapes?w=64&h=48&fps=50", "--pipeline", "identity",
+         "--publish", endpoint, "--max-frames", "40", "--wait-subscribers", "1", "--wait-subscribers-timeout", "50"],
         capture_output=True, text=True, timeout=60,
     )
     assert run.returncode == 0, run.stderr
