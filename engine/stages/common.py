@@ -1,9 +1,12 @@
 """What the detector stages share: their settings, weights resolution and detections → published objects."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -39,6 +42,28 @@ def resolve_weights(weights: str | None, shipped: str) -> Path:
     from amodal.pretrained import shipped_weights
 
     return shipped_weights(shipped)
+
+
+L = TypeVar("L")
+_LOADED: "weakref.WeakValueDictionary[tuple, object]" = weakref.WeakValueDictionary()
+_LOADED_LOCK = threading.Lock()
+
+
+def load_once(loader: Callable[[Path], L], path: Path) -> L:
+    """``loader(path)``, shared by every stage that loads the same file (same path, size and mtime) while one of
+    them holds it: a model two pipelines use with different stage settings is loaded once.  Errors are not
+    cached."""
+    try:
+        stat = path.stat()
+        key = (loader.__module__, loader.__qualname__, str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        return loader(path)  # the loader raises its own clear error for a missing file
+    with _LOADED_LOCK:
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            loaded = loader(path)
+            _LOADED[key] = loaded
+        return loaded  # type: ignore[return-value]
 
 
 def class_name(class_names: Sequence[str], label: int) -> str:

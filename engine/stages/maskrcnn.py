@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from amodal.engine.stage import InputSpec, Stage, StageBatch
-from amodal.engine.stages.common import DetectionSettings, detections_to_objects, resolve_weights
+from amodal.engine.stages.common import DetectionSettings, detections_to_objects, load_once, resolve_weights
 from amodal.models.maskrcnn import LoadedModel, load_maskrcnn
 from amodal.types import ObjectResult
 
@@ -26,8 +26,8 @@ class MaskRCNNStage(Stage):
 
     def __init__(self, settings: MaskRCNNSettings | None = None, loaded: LoadedModel | None = None) -> None:
         self.settings = settings or MaskRCNNSettings()
-        self.loaded = loaded if loaded is not None else load_maskrcnn(resolve_weights(self.settings.weights,
-                                                                                      self.shipped_weights))
+        self.loaded = loaded if loaded is not None else load_once(
+            load_maskrcnn, resolve_weights(self.settings.weights, self.shipped_weights))
         self.class_names = self.loaded.config.class_names
 
     def start(self, device: torch.device) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from amodal.engine.stage import InputSpec, Stage, StageBatch
-from amodal.engine.stages.common import DetectionSettings, detections_to_objects, resolve_weights
+from amodal.engine.stages.common import DetectionSettings, detections_to_objects, load_once, resolve_weights
 from amodal.errors import ConfigError
 from amodal.models.cmasktrack import LoadedCMaskTrack, OnlineTracker, TrackedFrame
 from amodal.models.cmasktrack.model import load_cmasktrack
@@ -44,8 +44,8 @@ class OvisStage(Stage):
 
     def __init__(self, settings: OvisSettings | None = None, loaded: LoadedCMaskTrack | None = None) -> None:
         self.settings = settings or OvisSettings()
-        self.loaded = loaded if loaded is not None else load_cmasktrack(
-            resolve_weights(self.settings.weights, self.shipped_weights))  # CheckpointError if bad
+        self.loaded = loaded if loaded is not None else load_once(
+            load_cmasktrack, resolve_weights(self.settings.weights, self.shipped_weights))  # CheckpointError if bad
         self.class_names = self.loaded.config.class_names
         if "person" not in self.class_names:
             self.fills = type(self).fills - {"person_tracks"}

@@ -26,7 +26,7 @@ from torchvision.ops import roi_align
 
 from amodal.engine.gallery import GalleryConfig, QueryLimits
 from amodal.engine.stage import InputSpec, Stage, StageBatch
-from amodal.engine.stages.common import resolve_weights
+from amodal.engine.stages.common import load_once, resolve_weights
 from amodal.errors import ConfigError
 from amodal.models.mbf import LoadedMBF, load_mbf
 from amodal.types import ObjectResult
@@ -100,8 +100,8 @@ class ReidStage(Stage):
         """``loaded`` defaults to the MBF weights of ``settings.weights`` (or the shipped ones); ``gallery`` to one
         restored from ``settings.gallery_path``."""
         self.settings = settings or ReidSettings()
-        self.loaded = loaded if loaded is not None else load_mbf(
-            resolve_weights(self.settings.weights, self.shipped_weights))  # CheckpointError if missing or truncated
+        self.loaded = loaded if loaded is not None else load_once(
+            load_mbf, resolve_weights(self.settings.weights, self.shipped_weights))  # CheckpointError if missing or truncated
         self.input_hw = (self.loaded.config.input_height, self.loaded.config.input_width)
         self._gallery = gallery
         self._query_server = None

@@ -358,3 +358,14 @@ def test_sixteen_bit_frames_keep_their_range():
 def test_stage_config_validates_its_settings():
     with pytest.raises(ConfigError, match=r"score_threshold must be in \[0, 1\]"):
         StageConfig("maskrcnn", {"score_threshold": 3})
+
+
+def test_a_model_two_pipelines_use_is_loaded_once():
+    config = EngineConfig(pipelines=(
+        PipelineConfig("a", (StageConfig("ovis", {"score_threshold": 0.5}),)),
+        PipelineConfig("b", (StageConfig("ovis", {"score_threshold": 0.7}),)),
+        PipelineConfig("c", (StageConfig("ovis", {"score_threshold": 0.5}),))), default_pipeline="a")
+    engine = Engine(config)
+    a, b, c = (engine.pipelines[name].slots[0].stage for name in "abc")
+    assert a is c, "same stage and settings: one stage"
+    assert a is not b and a.loaded is b.loaded, "other settings: another stage, the same loaded model"
