@@ -3,6 +3,8 @@ shipped weights' record and held-out score reproduced by the task, and a short `
 falls, which evaluates and exports weights ``load_maskrcnn`` reads."""
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 from pathlib import Path
 
@@ -30,6 +32,42 @@ MICRO = {"input_height": 64, "input_width": 96, "objects": 3, "min_visible_px": 
 TASK_RECORD = ("model", "config", "classes", "input_size", "normalisation", "training_data", "metric")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _source(name: str) -> Path | None:
+    """The source file of module ``name``; None for a name that is not a module (a class imported from one)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+
+
+def _amodal_imports(module: str) -> set[str]:
+    """Every ``amodal.*`` module ``module`` imports, transitively (function-local imports included)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        source = _source(name) if name not in seen else None
+        if source is None:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            todo.extend(n for n in names if n.startswith("amodal."))
+    return seen
+
+
+def test_task_imports_neither_the_runtime_nor_the_streams():
+    imported = _amodal_imports("amodal.training.tasks.maskrcnn")
+    assert "amodal.world.shapes" in imported and "amodal.models.maskrcnn" in imported
+    assert not [m for m in imported if m.split(".")[1] in ("engine", "streams", "bench")]
 
 
 def test_config_validation():
