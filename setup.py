@@ -48,6 +48,7 @@ setup(
         "faiss-cpu>=1.8",
         "transformers>=5.23",
         "peft>=0.21",
+        "diffusers==0.42.1",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
     entry_points={"console_scripts": ["amodal=amodal.cli:main"]},

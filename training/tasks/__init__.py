@@ -15,6 +15,7 @@ TASKS: dict[str, str] = {
     "mbf": "amodal.training.tasks.mbf:MBFTask",
     "xray": "amodal.training.tasks.xray:XrayTask",
     "eoras": "amodal.training.tasks.eoras:EoRaSTask",
+    "sas": "amodal.training.tasks.sas:SASTask",
     "maskrcnn": "amodal.training.tasks.maskrcnn:MaskRCNNTask",
 }
 

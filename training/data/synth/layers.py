@@ -17,6 +17,12 @@ Output under ``out``::
     masks/<name>_cum<k>.png          k = 1..L+1: union of the amodal masks of layers < k (cum1 is empty)
 
 Masks are 8-bit PNGs, 255 inside.
+
+``--format sas`` writes the seed's own layout instead (saraao/SAS ``ACOMDataset``): one folder per image and layer
+``<image id>_<k>`` (k = 0..L, 0 = the unoccluded layer, L = the empty stop target), each with ``image.png`` (the RGB
+image), ``mask.png`` (layer k's union of amodal masks) and ``newmask.png`` (the cumulative mask of layers < k);
+``layers.json`` then points its ``file``/``layer_masks``/``cumulative_masks`` into those folders, so the object
+annotations (and ``amodal eval layers``) read the same files.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from amodal.errors import ConfigError
 from amodal.world import render as R
 
 GENERATOR_VERSION = 1
+FORMATS = ("json", "sas")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-layers", type=int, default=d.max_layers, help="objects deeper than this are left out")
     parser.add_argument("--min-visible-fraction", type=float, default=d.min_visible_fraction,
                         help="objects more hidden than this are left out (their shape would be unknowable)")
+    parser.add_argument("--format", choices=FORMATS, default="json",
+                        help="json: images/ + masks/ + layers.json; sas: the seed's <id>_<layer>/{image,mask,"
+                             "newmask}.png folders (+ layers.json pointing into them)")
 
 
 def config_from_args(args: argparse.Namespace) -> LayersConfig:
@@ -170,6 +180,29 @@ def _save_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path, compress_level=1)
 
 
+def write_sas_image(out_dir: Path, image_id: int, rgb: np.ndarray, layer_masks: np.ndarray,
+                    cumulative: np.ndarray) -> tuple[str, list[str], list[str]]:
+    """Write one image in the SAS layout: for k = 0..L (``layer_masks``/``cumulative`` bool[L+1, H, W], the last
+    layer the empty stop target) the folder ``<image_id>_<k>/`` with ``image.png`` (uint8[H, W, 3] ``rgb``),
+    ``mask.png`` (layer k) and ``newmask.png`` (the layers before k).  Returns the relative paths (image of folder
+    0, masks, cumulative masks) for ``layers.json``."""
+    from PIL import Image
+
+    if layer_masks.shape != cumulative.shape or layer_masks.shape[1:] != rgb.shape[:2]:
+        raise ConfigError(f"image {image_id}: layer masks {layer_masks.shape}, cumulative {cumulative.shape} and "
+                          f"image {rgb.shape} disagree")
+    layer_files, cum_files = [], []
+    for k in range(len(layer_masks)):
+        folder = out_dir / f"{image_id}_{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(folder / "image.png", compress_level=1)
+        _save_mask(folder / "mask.png", layer_masks[k])
+        _save_mask(folder / "newmask.png", cumulative[k])
+        layer_files.append(f"{image_id}_{k}/mask.png")
+        cum_files.append(f"{image_id}_{k}/newmask.png")
+    return f"{image_id}_0/image.png", layer_files, cum_files
+
+
 def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict:
     """Write ``n`` layered images under ``out_dir``; returns counts and the layer-count histogram."""
     from PIL import Image
@@ -178,9 +211,13 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
     cfg = config_from_args(args)
     if n <= 0:
         raise ConfigError(f"n must be > 0, got {n}")
+    layout = getattr(args, "format", "json")
+    if layout not in FORMATS:
+        raise ConfigError(f"--format must be one of {FORMATS}, got {layout!r}")
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    if layout == "json":
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     cat_ids = {name: cid for cid, name in R.CATEGORIES}
     records = []
     hist: dict[int, int] = {}
@@ -189,17 +226,21 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
         img = render_layered(rng, cfg)
         while not img.layers:
             img = render_layered(rng, cfg)
-        name = f"img{k:06d}"
-        Image.fromarray(img.rgb).save(out_dir / "images" / f"{name}.png", compress_level=1)
         L = max(img.layers)
         hist[L] = hist.get(L, 0) + 1
         layer_masks, cumulative = layer_targets(img.amodal, img.layers, L)
-        layer_files, cum_files = [], []
-        for idx in range(L + 1):
-            layer_files.append(f"masks/{name}_layer{idx + 1}.png")
-            cum_files.append(f"masks/{name}_cum{idx + 1}.png")
-            _save_mask(out_dir / layer_files[-1], layer_masks[idx])
-            _save_mask(out_dir / cum_files[-1], cumulative[idx])
+        if layout == "sas":
+            image_file, layer_files, cum_files = write_sas_image(out_dir, k, img.rgb, layer_masks, cumulative)
+        else:
+            name = f"img{k:06d}"
+            image_file = f"images/{name}.png"
+            Image.fromarray(img.rgb).save(out_dir / image_file, compress_level=1)
+            layer_files, cum_files = [], []
+            for idx in range(L + 1):
+                layer_files.append(f"masks/{name}_layer{idx + 1}.png")
+                cum_files.append(f"masks/{name}_cum{idx + 1}.png")
+                _save_mask(out_dir / layer_files[-1], layer_masks[idx])
+                _save_mask(out_dir / cum_files[-1], cumulative[idx])
         objects = []
         for j in range(len(img.layers)):
             a_area = int(img.amodal[j].sum())
@@ -208,11 +249,11 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
                 "category": img.categories[j], "depth_rank": img.depth_rank[j],
                 "amodal": R.rle_encode(img.amodal[j]), "visible": R.rle_encode(img.visible[j]),
                 "occlusion_level": 1.0 - int(img.visible[j].sum()) / a_area})
-        records.append({"file": f"images/{name}.png", "width": cfg.size, "height": cfg.size, "num_layers": L,
+        records.append({"file": image_file, "width": cfg.size, "height": cfg.size, "num_layers": L,
                         "objects": objects, "layer_masks": layer_files, "cumulative_masks": cum_files})
     (out_dir / "layers.json").write_text(json.dumps({"images": records, "categories": R.coco_categories()}))
     histogram = {str(k): hist[k] for k in sorted(hist)}
-    marker = {"kind": "layers", "seed": seed, "n": n, "generator_version": GENERATOR_VERSION, "size": cfg.size,
+    marker = {"kind": "layers", "format": layout, "seed": seed, "n": n, "generator_version": GENERATOR_VERSION, "size": cfg.size,
               "max_layers": cfg.max_layers, "categories": R.coco_categories(), "layer_histogram": histogram}
     (out_dir / "amodal_dataset.json").write_text(json.dumps(marker, indent=1))
     return {"images": n, "objects": sum(len(r["objects"]) for r in records), "layer_histogram": histogram}
