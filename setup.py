@@ -9,7 +9,7 @@ SUBPACKAGES = ("engine", "kernels", "models", "streams", "training", "bench")
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
-    packages = ["amodal"]
+    packages = ["amodal"] + [f"amodal.{sub}" for sub in find_packages(where="amodal")]
     package_dir = {"amodal": "amodal"}
     for name in SUBPACKAGES:
         packages.append(f"amodal.{name}")
@@ -46,6 +46,7 @@ setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "faiss-cpu>=1.8",
+        "prometheus-client>=0.20",
         "transformers>=5.23",
         "peft>=0.21",
         "diffusers==0.42.1",

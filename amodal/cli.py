@@ -9,6 +9,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("amodal.cli_run", "run attached sources through an analyzer and publish results"),
     "subscribe": ("amodal.cli_subscribe", "print published results, one JSON line per message"),
     "query": ("amodal.cli_query", "search an engine's person gallery by embedding or image"),
+    "keys": ("amodal.cli_keys", "generate CURVE key pairs for engines and clients"),
     "bench": ("amodal.bench.cli", "benchmarks: latency, kernels"),
     "data": ("amodal.training.data.cli", "synthetic occlusion datasets and dataset tools"),
     "eval": ("amodal.training.evaluation.cli", "standard evaluators (coco, vis, amodal, reid, layers)"),
@@ -39,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"amodal: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    from amodal.errors import EngineError
+
+    try:
+        return int(module.main(rest) or 0)
+    except EngineError as exc:  # a bad flag, file or key: one clear line, no traceback
+        print(f"amodal {name}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -32,13 +32,16 @@ def main(argv: list[str]) -> int:
     what.add_argument("--stats", action="store_true", help="print the gallery's counters instead")
     parser.add_argument("--k", type=int, default=5, help="identities to return (default 5)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
+    parser.add_argument("--server-key", type=Path, help="CURVE: the engine's public certificate file")
+    parser.add_argument("--client-cert", type=Path, help="CURVE: this client's secret certificate file")
     parser.add_argument("--retries", type=int, default=3,
                         help="busy / rate-limited replies retried after the server's retry_after_s (default 3)")
     args = parser.parse_args(argv)
     if args.retries < 0:
         parser.error(f"--retries must be >= 0, got {args.retries}")
     try:
-        with GalleryClient(args.endpoint, timeout_s=args.timeout) as client:
+        with GalleryClient(args.endpoint, timeout_s=args.timeout, server_public_key=args.server_key,
+                           client_cert=args.client_cert) as client:
             if args.stats:
                 print(json.dumps({"stats": _retrying(client.stats, args.retries)}))
                 return 0

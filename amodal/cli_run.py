@@ -94,6 +94,7 @@ def build_config(args: argparse.Namespace) -> EngineConfig:
         "annotate": args.annotate,
         "wait_for_subscribers": args.wait_subscribers,
         "wait_for_subscribers_timeout_s": args.wait_subscribers_timeout,
+        "metrics_port": args.metrics_port,
     }
     return dataclasses.replace(base, sources=tuple(sources), pipelines=pipelines,
                                default_pipeline=None if flagged else base.default_pipeline,
@@ -119,6 +120,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-subscribers", type=int, metavar="N",
                    help="attach sources only once N subscribers have subscribed (file jobs that must not lose the start)")
     p.add_argument("--wait-subscribers-timeout", type=float, metavar="S", help="give up waiting after S seconds (default 10)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics (/metrics) and health (/health) on 127.0.0.1:PORT (config metrics_host for others)")
     p.add_argument("--max-frames", type=int, help="stop each source after N frames")
     p.add_argument("--config", help="YAML config (sources with per-source settings, pipelines, batching)")
     p.add_argument("--batch-size", type=int, help="max micro-batch size")

@@ -151,13 +151,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-amendments", action="store_true", help="hide amendments (slow stages' additions to frames)")
     parser.add_argument("--metrics", action="store_true", help="also print engine metrics")
     parser.add_argument("--timeout", type=float, default=None, help="exit after this many seconds of silence")
+    parser.add_argument("--server-key", help="CURVE: the engine's public certificate file")
+    parser.add_argument("--client-cert", help="CURVE: this client's secret certificate file")
     args = parser.parse_args(argv)
     if isinstance(sys.stdout, io.TextIOWrapper):  # a terminal that cannot show a character gets an escape, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
     frames = 0
     try:
         with Subscriber(args.endpoint, args.stream, status=not args.no_status, metrics=args.metrics,
-                        amendments=not args.no_amendments, timeout_s=args.timeout) as sub:
+                        amendments=not args.no_amendments, timeout_s=args.timeout,
+                        server_public_key=args.server_key, client_cert=args.client_cert) as sub:
             for message in sub:
                 line = json.dumps(message_to_json(message)) if args.json else summary_line(message)
                 print(line, flush=True)

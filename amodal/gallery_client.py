@@ -10,11 +10,15 @@ client is over its rate limit) raises its subclass ``GalleryBusyError`` carrying
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import io
 
 import msgpack
 import numpy as np
 import zmq
+
+from amodal.security import secure_client
 
 from amodal.engine.gallery.types import IdentityMatch, match_from_wire
 from amodal.errors import EngineError
@@ -40,13 +44,16 @@ class GalleryBusyError(GalleryQueryError):
 
 
 class GalleryClient:
-    def __init__(self, endpoint: str, timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 5.0, context: zmq.Context | None = None, *,
+                 server_public_key: str | Path | None = None, client_cert: str | Path | None = None) -> None:
+        """``server_public_key``/``client_cert``: CURVE certificate files when the engine has security on."""
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
+        self._curve = (server_public_key, client_cert)
 
     def search(self, *, embedding: np.ndarray | None = None, image: bytes | np.ndarray | None = None,
                k: int = 10, dtype: str = "f4") -> list[IdentityMatch]:
@@ -104,6 +111,7 @@ class GalleryClient:
         if self._socket is None:
             self._socket = self._context.socket(zmq.REQ)
             self._socket.setsockopt(zmq.LINGER, 0)
+            secure_client(self._socket, *self._curve)
             self._socket.connect(self.endpoint)
         self._socket.send(payload)
         if not self._socket.poll(int(self.timeout_s * 1000)):

@@ -20,12 +20,14 @@ import collections
 import logging
 import time
 import uuid
+from pathlib import Path
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import zmq
 
 from amodal import schema
+from amodal.security import secure_client
 from amodal.errors import SchemaError
 from amodal.schema import AmendmentMessage, FrameMessage, Message, MetricsMessage, StatusMessage, UnknownMessageTypeError
 
@@ -60,10 +62,14 @@ class Subscriber:
         amendments: bool = True,
         timeout_s: float | None = None,
         rcv_hwm: int = 100000,
+        server_public_key: str | Path | None = None,
+        client_cert: str | Path | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         """``streams=None`` subscribes to every stream; ``amendments=False`` skips amendment messages
-        (silently: they are not malformed); ``timeout_s`` ends iteration after that much silence."""
+        (silently: they are not malformed); ``timeout_s`` ends iteration after that much silence.
+        An engine with CURVE on (``security:``) needs ``server_public_key`` (its public certificate file) and
+        ``client_cert`` (this client's secret certificate, whose public key the engine authorizes)."""
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.amendments = amendments
@@ -72,6 +78,7 @@ class Subscriber:
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, rcv_hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
+        secure_client(self._socket, server_public_key, client_cert)
         topics = [schema.FRAMES_PREFIX] if streams is None else [schema.frames_topic(s) for s in streams]
         if status:
             topics.append(schema.STATUS_TOPIC)

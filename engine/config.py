@@ -24,6 +24,7 @@ from typing import Any
 from amodal.engine.stage import RatePolicy
 from amodal.errors import ConfigError, SchemaError
 from amodal.schema import validate_stream_id
+from amodal.security import SecuritySettings
 from amodal.settings import build_settings, field_names
 from amodal.streams.base import SourceConfig
 
@@ -86,7 +87,11 @@ class EngineConfig:
     ``wait_for_subscribers``: before attaching the configured sources, wait until this many ``Subscriber``s have
     subscribed (at most ``wait_for_subscribers_timeout_s``, then start anyway with a warning) — for file jobs whose
     consumers must see every frame; ``annotate``: write an annotated MP4 per stream (``{stream}`` in the path is
-    replaced by the stream id; without it, several streams get ``<stem>_<stream>.mp4``)."""
+    replaced by the stream id; without it, several streams get ``<stem>_<stream>.mp4``); ``security``: CURVE on every
+    socket the engine serves (``amodal.security``; required in practice when ``publish`` binds beyond loopback);
+    ``metrics_port``: serve Prometheus metrics at ``/metrics`` and health at ``/health`` on ``metrics_host``
+    (unhealthy when a stream has been down longer than ``health_stream_down_s`` or the inference loop has not
+    turned for ``health_stall_s``)."""
 
     sources: tuple[SourceConfig, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = (PipelineConfig.of(DEFAULT_PIPELINE, ["identity"]),)
@@ -102,6 +107,11 @@ class EngineConfig:
     wait_for_subscribers: int = 0
     wait_for_subscribers_timeout_s: float = 10.0
     annotate: str | None = None
+    security: SecuritySettings | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    health_stream_down_s: float = 30.0
+    health_stall_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size <= 0:
@@ -114,6 +124,10 @@ class EngineConfig:
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not isinstance(self.wait_for_subscribers, int) or self.wait_for_subscribers < 0:
             raise ConfigError(f"wait_for_subscribers must be an integer >= 0, got {self.wait_for_subscribers!r}")
+        if self.metrics_port is not None and not (isinstance(self.metrics_port, int) and 0 <= self.metrics_port < 65536):
+            raise ConfigError(f"metrics_port must be a TCP port (0 = any free one), got {self.metrics_port!r}")
+        if self.health_stream_down_s <= 0 or self.health_stall_s <= 0:
+            raise ConfigError("health_stream_down_s and health_stall_s must be > 0")
         if self.wait_for_subscribers_timeout_s <= 0:
             raise ConfigError(f"wait_for_subscribers_timeout_s must be > 0, got {self.wait_for_subscribers_timeout_s}")
         names = [p.name for p in self.pipelines]

@@ -29,6 +29,7 @@ from amodal.engine.stage import RatePolicy, Stage
 from amodal.engine.stages import STAGES, build_stage
 from amodal.errors import ConfigError, EngineError, SchemaError
 from amodal.schema import validate_stream_id
+from amodal.security import is_loopback_endpoint
 from amodal.streams.base import Source, SourceConfig
 from amodal.streams.open import open_source
 from amodal.types import Amendment, Frame, FrameResult, StreamEvent, StreamState
@@ -100,8 +101,22 @@ class Engine:
             next(iter(self.pipelines)) if len(self.pipelines) == 1 else "default")
         self.metrics = EngineMetrics()
         self.publisher = Publisher(config.publish, send_hwm=config.send_hwm, linger_ms=config.linger_ms,
-                                   on_published=self._on_published)
+                                   on_published=self._on_published, security=config.security)
+        if config.security is None and not is_loopback_endpoint(config.publish):
+            log.warning("publishing on %s beyond loopback WITHOUT CURVE: any host that reaches it can subscribe; "
+                        "set security: (README, 'Security')", config.publish)
+        for pipeline in self.pipelines.values():
+            for slot in pipeline.slots:
+                slot.stage.use_security(config.security)
         self.sinks: list[Sink] = [self.publisher, *sinks]
+        self.heartbeat_mono = time.monotonic()  # the inference loop's last turn (health)
+        self.monitor = None
+        if config.metrics_port is not None:
+            from amodal.engine.monitor import EngineMonitor
+
+            self.monitor = EngineMonitor(config.metrics_host, config.metrics_port, lambda: self.heartbeat_mono,
+                                         stream_down_s=config.health_stream_down_s, stall_s=config.health_stall_s)
+            self.sinks.append(self.monitor)
         if config.annotate:
             from amodal.engine.annotate import AnnotatedVideoSink
 
@@ -288,6 +303,7 @@ class Engine:
         next_metrics = time.monotonic() + self.config.metrics_interval_s
         try:
             while True:
+                self.heartbeat_mono = time.monotonic()
                 batch = self._batcher.collect(self._queues, self._stop)
                 if batch.frames:
                     self._analyse(batch.frames)
@@ -418,6 +434,8 @@ class Engine:
         total_ms = (now_ns - result.received_mono_ns) / 1e6
         done_ms = result.stage_ms.get("queue", 0.0) + result.stage_ms.get("model", 0.0)
         self.metrics.record_published(total_ms - done_ms, total_ms)
+        if self.monitor is not None:
+            self.monitor.observe_published(total_ms - done_ms, total_ms)
 
 
 __all__ = ["Engine", "EngineError", "RatePolicy", "StageSlot", "build_pipelines"]

@@ -17,10 +17,12 @@ from collections import Counter
 from collections.abc import Sequence
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from amodal import schema
 from amodal.engine.sink import Sink
 from amodal.errors import PublishError
+from amodal.security import SecuritySettings, secure_server
 from amodal.types import Amendment, Frame, FrameResult, StreamEvent
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 _STOP = object()
 _DRAIN_MAX = 512
 _IDLE_S = 0.05  # how often an idle publisher thread reads subscriptions
+_REFUSALS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 class Publisher(Sink):
@@ -39,13 +43,17 @@ class Publisher(Sink):
         send_hwm: int = 10000,
         linger_ms: int = 2000,
         on_published=None,
+        security: SecuritySettings | None = None,
         context: zmq.Context | None = None,
     ) -> None:
-        """``on_published(result)`` is called from the publisher thread after each frame result is sent."""
+        """``on_published(result)`` is called from the publisher thread after each frame result is sent;
+        ``security``: CURVE, only authorized subscribers (``amodal.security``)."""
         self.endpoint = endpoint
         self.send_hwm = send_hwm
         self.linger_ms = linger_ms
         self._on_published = on_published
+        self.security = security
+        self.refused = 0  # connections whose handshake was refused (security on)
         self._context = context or zmq.Context.instance()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -114,6 +122,7 @@ class Publisher(Sink):
             sock.setsockopt(zmq.SNDHWM, self.send_hwm)
             sock.setsockopt(zmq.LINGER, self.linger_ms)
             sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription is seen, not only a topic's first
+            secure_server(sock, self.security)
             sock.bind(self.endpoint)
             self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as exc:
@@ -122,6 +131,7 @@ class Publisher(Sink):
             sock.close(0)
             return
         self._bound.set()
+        monitor = sock.get_monitor_socket(_REFUSALS) if self.security is not None else None
         try:
             stopping = False
             while not stopping:
@@ -140,13 +150,26 @@ class Publisher(Sink):
                         continue
                     self._send(sock, item)
                 self._read_subscriptions(sock)
+                if monitor is not None:
+                    self._log_refusals(monitor)
         except BaseException as exc:  # noqa: BLE001 - recorded and reported by the engine, never silent
             self.failure = exc
             log.exception("the publisher thread died; results are no longer delivered")
             with self._subscribers_changed:
                 self._subscribers_changed.notify_all()
         finally:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(0)
             sock.close()  # honours LINGER: queued messages are flushed to connected subscribers
+
+    def _log_refusals(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0, zmq.POLLIN):
+            event = recv_monitor_message(monitor)
+            self.refused += 1
+            kind = "authentication" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "protocol (no CURVE?)"
+            log.warning("publisher %s refused a subscriber: handshake failed, %s (%s)", self.endpoint, kind,
+                        event.get("endpoint", b"").decode(errors="replace"))
 
     def _read_subscriptions(self, sock: zmq.Socket) -> None:
         changed = False

@@ -177,6 +177,10 @@ class Stage(abc.ABC):
         objects; a secondary stage's received objects with its fields filled (``dataclasses.replace``), plus any
         objects it adds (after the received ones, so their indexes stay valid)."""
 
+    def use_security(self, settings) -> None:
+        """The engine's CURVE settings (``amodal.security.SecuritySettings`` or None), given before ``start``:
+        a stage that serves a socket of its own (the gallery query endpoint) secures it with them."""
+
     def on_source_eos(self, stream_id: str) -> None:
         """Forget the per-stream state of ``stream_id`` (tracks, caches, gallery tracks)."""
 

@@ -45,6 +45,7 @@ from amodal.engine.gallery.identity import check_embedding
 from amodal.engine.gallery.rate_limit import RateLimiter
 from amodal.engine.gallery.types import match_to_wire
 from amodal.errors import PublishError, SchemaError
+from amodal.security import SecuritySettings, secure_server
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,7 @@ class QueryServer:
         *,
         limits: QueryLimits | None = None,
         linger_ms: int = 0,
+        security: SecuritySettings | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self.gallery = gallery
@@ -304,6 +306,7 @@ class QueryServer:
             raise TypeError(f"limits must be a QueryLimits, got {type(self.limits).__name__}")
         self.linger_ms = linger_ms
         self._context = context or zmq.Context.instance()
+        self.security = security  # CURVE: only authorized clients (amodal.security)
         self._stop = threading.Event()
         self._bound = threading.Event()
         self._thread: threading.Thread | None = None
@@ -370,6 +373,7 @@ class QueryServer:
             router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
             router.setsockopt(zmq.RCVHWM, self.limits.socket_hwm_messages)
             router.setsockopt(zmq.SNDHWM, self.limits.socket_hwm_messages)
+            secure_server(router, self.security)
             router.bind(self.endpoint)
             self.bound_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
             results.bind(self._results_endpoint)

@@ -107,6 +107,7 @@ class ReidStage(Stage):
         self._query_server = None
         self._model_lock = threading.Lock()  # the query thread embeds image crops with the same model
         self._last_seen: dict[str, dict[int, int]] = {}  # stream → track id → last frame index seen
+        self._security = None
 
     @property
     def gallery(self):
@@ -119,6 +120,9 @@ class ReidStage(Stage):
             return self.settings.match_threshold
         evaluation = self.loaded.metadata.get("evaluation") or {}
         return float(evaluation.get("match_threshold_eer", DEFAULT_MATCH_THRESHOLD))
+
+    def use_security(self, settings) -> None:
+        self._security = settings
 
     def start(self, device: torch.device) -> None:
         super().start(device)
@@ -136,7 +140,7 @@ class ReidStage(Stage):
             from amodal.engine.gallery import QueryServer
 
             self._query_server = QueryServer(self._gallery, s.query_endpoint, embed_image=self.embed_image,
-                                             limits=s.query_limits).start()
+                                             limits=s.query_limits, security=self._security).start()
 
     # ------------------------------------------------------------------------------------ embedding
     def embed_crops(self, crops: torch.Tensor) -> torch.Tensor:
