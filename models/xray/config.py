@@ -24,7 +24,10 @@ class XraySamConfig:
     (``save_pretrained`` layout).  ``lora_targets``: the encoder's attention projections that get LoRA adapters
     (``qkv`` in the paper, also ``proj`` in the tiny config); ``encoder_trainable``: encoder parts trained in full
     besides LoRA (the tiny config trains ``patch_embed`` and ``neck``, since it has no pretrained SAM behind it).
-    ``bilayer`` False is the single-decoder ablation (no occluder branch).
+    ``bilayer`` False is the single-decoder ablation (no occluder branch).  ``mask_loss_region``: ``image`` scores
+    each RoI's mask over the whole input (the paper); ``box`` scores it inside the RoI's box only (28 × 28 RoIAlign
+    of logits and target, as Mask R-CNN does) and cuts predicted masks to their boxes — the tiny configuration's
+    choice, since a from-scratch decoder trained for minutes on whole-image BCE predicts background everywhere.
     """
 
     class_names: tuple[str, ...] = PIDRAY_CLASSES
@@ -65,6 +68,7 @@ class XraySamConfig:
     prompt_roi_size: int = 14
     prompt_hidden: int = 1024
     max_mask_rois: int = 64
+    mask_loss_region: str = "image"
     bilayer: bool = True
     occluder_loss_weight: float = 0.25
     mask_threshold: float = 0.5
@@ -93,6 +97,8 @@ class XraySamConfig:
             raise ConfigError(f"encoder_trainable {unknown} unknown; known: neck, patch_embed, pos_embed")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.mask_loss_region not in ("image", "box"):
+            raise ConfigError(f"mask_loss_region must be image or box, got {self.mask_loss_region!r}")
         if self.occluder_loss_weight < 0.0:
             raise ConfigError(f"occluder_loss_weight must be ≥ 0, got {self.occluder_loss_weight}")
         if not 0.0 < self.mask_threshold < 1.0:
@@ -120,11 +126,11 @@ def tiny_config(*, bilayer: bool = True, image_size: int = 256, **overrides: Any
     values: dict[str, Any] = dict(
         image_size=image_size, encoder_hidden=96, encoder_layers=4, encoder_heads=4, encoder_mlp_dim=256,
         encoder_window=4, encoder_global_layers=(1, 3), embed_dim=64, decoder_layers=2, decoder_heads=4,
-        decoder_mlp_dim=128, decoder_iou_hidden=64, lora_rank=4, lora_alpha=8, lora_dropout=0.0,
+        decoder_mlp_dim=128, decoder_iou_hidden=64, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
         lora_targets=("qkv", "proj"), encoder_trainable=("patch_embed", "neck"), fpn_channels=64,
         anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_train=600, rpn_post_nms_train=300, rpn_pre_nms_test=300,
         rpn_post_nms_test=150, box_head_dim=256, box_batch_size_per_image=128, box_detections_per_img=30,
-        prompt_hidden=256, max_mask_rois=32, bilayer=bilayer)
+        prompt_hidden=256, max_mask_rois=32, mask_loss_region="box", bilayer=bilayer)
     values.update(overrides)
     return XraySamConfig(**values)
 

@@ -36,7 +36,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from amodal.errors import ConfigError
 from amodal.models.weights import load_model_record, load_state_strict
@@ -101,7 +101,8 @@ class XrayTrainOutputs:
     rpn_losses: torchvision's RPN losses; class_logits float[ΣS, K+1] and box_regression float[ΣS, 4(K+1)] for
     the sampled proposals with sampled_labels / regression_targets per image; for the P positive proposals sent
     to the decoders: mask_logits float[P, 4h, 4w], mask_targets float[P, S, S] (their matched item's mask),
-    occluder_logits float[P, 4h, 4w] (None without the occluder branch) and occluder_targets float[P, S, S]."""
+    occluder_logits float[P, 4h, 4w] (None without the occluder branch), occluder_targets float[P, S, S] and the
+    proposals' boxes mask_boxes_xyxy float[P, 4] (input px)."""
 
     rpn_losses: dict[str, torch.Tensor]
     class_logits: torch.Tensor
@@ -112,6 +113,7 @@ class XrayTrainOutputs:
     mask_targets: torch.Tensor
     occluder_logits: torch.Tensor | None
     occluder_targets: torch.Tensor
+    mask_boxes_xyxy: torch.Tensor
 
 
 @dataclass
@@ -128,17 +130,32 @@ class XrayDetections:
     occlusion: torch.Tensor
 
 
-def mask_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean BCE of low-resolution logits float[P, h', w'] upsampled (bilinear) to targets float[P, S, S]."""
+def mask_bce(logits: torch.Tensor, targets: torch.Tensor, boxes_xyxy: torch.Tensor | None = None,
+             box_size: int = 28) -> torch.Tensor:
+    """Mean BCE of low-resolution logits float[P, h', w'] against targets float[P, S, S] over the padded input.
+
+    Without ``boxes_xyxy`` the logits are upsampled (bilinear) to S × S and scored everywhere (the paper); with
+    boxes float[P, 4] (input px) logits and targets are both RoIAligned to ``box_size`` × ``box_size`` inside each
+    box and scored there."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    up = F.interpolate(logits[:, None], size=targets.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return F.binary_cross_entropy_with_logits(up, targets)
+    if boxes_xyxy is None:
+        up = F.interpolate(logits[:, None], size=targets.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return F.binary_cross_entropy_with_logits(up, targets)
+    rois = torch.cat([torch.arange(len(boxes_xyxy), device=boxes_xyxy.device, dtype=boxes_xyxy.dtype)[:, None],
+                      boxes_xyxy], dim=1)
+    scale = logits.shape[-1] / targets.shape[-1]
+    crops = roi_align(logits[:, None], rois, box_size, spatial_scale=scale, sampling_ratio=2, aligned=True)
+    wanted = roi_align(targets[:, None], rois, box_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return F.binary_cross_entropy_with_logits(crops, wanted)
 
 
-def xray_losses(outputs: XrayTrainOutputs, occluder_weight: float = 0.25) -> dict[str, torch.Tensor]:
+def xray_losses(outputs: XrayTrainOutputs, occluder_weight: float = 0.25,
+                mask_loss_region: str = "image") -> dict[str, torch.Tensor]:
     """loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg, loss_mask (BCE on the items' masks) and,
-    with the occluder branch, loss_occluder = ``occluder_weight`` × BCE on the occluder masks."""
+    with the occluder branch, loss_occluder = ``occluder_weight`` × BCE on the occluder masks; masks scored over
+    the whole input (``mask_loss_region`` ``image``) or inside each RoI's box (``box``)."""
+    boxes = outputs.mask_boxes_xyxy if mask_loss_region == "box" else None
     loss_cls, loss_box = fastrcnn_loss(outputs.class_logits, outputs.box_regression, outputs.sampled_labels,
                                        outputs.regression_targets)
     losses = {
@@ -146,10 +163,10 @@ def xray_losses(outputs: XrayTrainOutputs, occluder_weight: float = 0.25) -> dic
         "loss_rpn_box_reg": outputs.rpn_losses["loss_rpn_box_reg"],
         "loss_classifier": loss_cls,
         "loss_box_reg": loss_box,
-        "loss_mask": mask_bce(outputs.mask_logits, outputs.mask_targets),
+        "loss_mask": mask_bce(outputs.mask_logits, outputs.mask_targets, boxes),
     }
     if outputs.occluder_logits is not None:
-        losses["loss_occluder"] = occluder_weight * mask_bce(outputs.occluder_logits, outputs.occluder_targets)
+        losses["loss_occluder"] = occluder_weight * mask_bce(outputs.occluder_logits, outputs.occluder_targets, boxes)
     return losses
 
 
@@ -158,6 +175,20 @@ def occlusion_levels(masks: torch.Tensor, occluder_masks: torch.Tensor, threshol
     item = masks > threshold
     covered = (item & (occluder_masks > threshold)).flatten(1).sum(1)
     return covered.float() / item.flatten(1).sum(1).clamp(min=1).float()
+
+
+def sine_positional_encoding(channels: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """DETR's sine encoding of normalised cell centres: float[1, channels, height, width] (half for y, half for x),
+    added to the FPN features before the prompter's RoIAlign, as RSPrompter does, so prompts carry position."""
+    quarter = channels // 4
+    freqs = 10000.0 ** (-torch.arange(quarter, device=like.device, dtype=torch.float32) / max(quarter, 1))
+    y = (torch.arange(height, device=like.device, dtype=torch.float32) + 0.5) / height * 2 * torch.pi
+    x = (torch.arange(width, device=like.device, dtype=torch.float32) + 0.5) / width * 2 * torch.pi
+    ey = torch.cat([torch.sin(y[:, None] * freqs), torch.cos(y[:, None] * freqs)], 1)  # [h, 2q]
+    ex = torch.cat([torch.sin(x[:, None] * freqs), torch.cos(x[:, None] * freqs)], 1)  # [w, 2q]
+    pe = torch.cat([ey[:, None, :].expand(height, width, -1), ex[None, :, :].expand(height, width, -1)], dim=2)
+    pe = F.pad(pe, (0, channels - pe.shape[-1]))
+    return pe.permute(2, 0, 1).unsqueeze(0).to(like.dtype)
 
 
 class SimpleFPN(nn.Module):
@@ -261,7 +292,9 @@ class XraySam(nn.Module):
         counts = torch.tensor([b.shape[0] for b in boxes], device=embedding.device)
         if int(counts.sum()) == 0:  # no RoI anywhere in the batch: attention kernels reject empty batches
             return self._empty_decode(embedding), (self._empty_decode(embedding) if self.occluder_decoder else None)
-        prompts = self.prompter(self.prompt_pool(features, boxes, image_sizes))  # [R, 1, T, E]
+        located = OrderedDict((k, v + sine_positional_encoding(v.shape[1], v.shape[-2], v.shape[-1], v))
+                              for k, v in features.items())  # RoI features that know where the RoI is
+        prompts = self.prompter(self.prompt_pool(located, boxes, image_sizes))  # [R, 1, T, E]
         per_roi = embedding.repeat_interleave(counts, dim=0)
         r, e, h, w = per_roi.shape
         positional = image_positional_embedding(self.positional, h).to(per_roi.dtype).expand(r, -1, -1, -1)
@@ -307,11 +340,12 @@ class XraySam(nn.Module):
         target, occluder = self.decode(embedding, features, pos_boxes, images.image_sizes)
         return XrayTrainOutputs(rpn_losses, class_logits, box_regression, labels, regression_targets,
                                 target.mask_logits, torch.cat(mask_targets),
-                                occluder.mask_logits if occluder is not None else None, torch.cat(occluder_targets))
+                                occluder.mask_logits if occluder is not None else None, torch.cat(occluder_targets),
+                                torch.cat(pos_boxes))
 
     def losses(self, outputs: XrayTrainOutputs) -> dict[str, torch.Tensor]:
-        """``xray_losses(outputs, config.occluder_loss_weight)``."""
-        return xray_losses(outputs, self.config.occluder_loss_weight)
+        """``xray_losses`` with the configured occluder weight and mask loss region."""
+        return xray_losses(outputs, self.config.occluder_loss_weight, self.config.mask_loss_region)
 
     # ------------------------------------------------------------------ inference
 
@@ -336,9 +370,22 @@ class XraySam(nn.Module):
         for b, s, lab, m, o, resized, original in zip(boxes, scores, labels, mask_probs, occ_probs,
                                                       batch.image_sizes, original_sizes):
             m, o = (_to_original(x, size, resized, original) for x in (m, o))
-            out.append(XrayDetections(resize_boxes(b, resized, original), s, lab, m, o,
-                                      occlusion_levels(m, o, self.config.mask_threshold)))
+            b = resize_boxes(b, resized, original)
+            if self.config.mask_loss_region == "box":
+                inside = boxes_to_masks(b, original).to(m.dtype)
+                m, o = m * inside, o * inside
+            out.append(XrayDetections(b, s, lab, m, o, occlusion_levels(m, o, self.config.mask_threshold)))
         return out
+
+
+def boxes_to_masks(boxes_xyxy: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """bool[N, H, W]: the pixels whose centres lie inside each box float[N, 4] (x1y1x2y2 px)."""
+    ys = torch.arange(size_hw[0], device=boxes_xyxy.device, dtype=boxes_xyxy.dtype) + 0.5
+    xs = torch.arange(size_hw[1], device=boxes_xyxy.device, dtype=boxes_xyxy.dtype) + 0.5
+    b = boxes_xyxy[:, :, None]
+    inside_y = (ys[None] >= b[:, 1]) & (ys[None] <= b[:, 3])  # [N, H]
+    inside_x = (xs[None] >= b[:, 0]) & (xs[None] <= b[:, 2])  # [N, W]
+    return inside_y[:, :, None] & inside_x[:, None, :]
 
 
 def _to_original(probs: torch.Tensor, padded: torch.Size, resized: tuple[int, int],

@@ -275,3 +275,40 @@ def test_no_roi_anywhere_gives_empty_outputs():
     model = build_xray(config=_config(box_score_thresh=1.01)).eval()  # nothing can pass the score threshold
     (det,) = model.detect([torch.rand(3, SIZE, SIZE)])
     assert det.scores.shape == (0,) and det.masks.shape == det.occluder_masks.shape == (0, SIZE, SIZE)
+
+
+def test_box_region_mask_loss_scores_only_inside_the_box():
+    from amodal.models.xray.model import mask_bce
+
+    targets = torch.zeros(1, 64, 64)
+    targets[0, 16:48, 16:48] = 1.0
+    logits = torch.full((1, 16, 16), -8.0)
+    logits[0, 4:12, 4:12] = 8.0  # right inside the box...
+    logits[0, 0, :] = 8.0  # ...and wrong far outside it
+    box = torch.tensor([[12.0, 12.0, 52.0, 52.0]])
+    assert mask_bce(logits, targets, box) < 0.2 < mask_bce(logits, targets)
+    wrong = -logits
+    assert mask_bce(wrong, targets, box) > 2.0
+
+
+def test_box_region_masks_are_cut_to_their_boxes():
+    from amodal.models.xray.model import boxes_to_masks
+
+    inside = boxes_to_masks(torch.tensor([[1.0, 0.0, 3.0, 2.0]]), (4, 5))
+    expected = torch.zeros(1, 4, 5, dtype=torch.bool)
+    expected[0, 0:2, 1:3] = True
+    assert torch.equal(inside, expected)
+    torch.manual_seed(0)
+    model = build_xray(config=_config(mask_loss_region="box")).eval()
+    (det,) = model.detect([torch.rand(3, SIZE, SIZE)])
+    outside = ~boxes_to_masks(det.boxes_xyxy, (SIZE, SIZE))
+    assert det.masks.shape[0] > 0 and det.masks[outside].abs().max() == 0
+
+
+def test_prompter_positional_encoding_tells_cells_apart():
+    from amodal.models.xray.model import sine_positional_encoding
+
+    pe = sine_positional_encoding(64, 8, 16, torch.zeros(1))
+    assert pe.shape == (1, 64, 8, 16)
+    cells = pe[0].flatten(1).t()
+    assert torch.cdist(cells, cells).add(torch.eye(128) * 10).min() > 1e-3  # every cell encoded differently
