@@ -49,6 +49,7 @@ setup(
         "prometheus-client>=0.20",
         "transformers>=5.23",
         "peft>=0.21",
+        "pydicom>=3.0.2",
         "diffusers==0.42.1",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
