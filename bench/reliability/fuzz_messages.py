@@ -465,7 +465,7 @@ def fuzz_queries(count: int, seed: int) -> list[tuple[str, list[bytes]]]:
             elif which == 3:
                 d["embedding"] = d["embedding"][: int(rng.integers(0, DIM * 4))]
             elif which == 4:
-                d["dtype"] = ["f8", "i4", "", None, 4][int(rng.integers(0, 5))]
+                d["dtype"] = ["f8", "i4", "", None, 4, ["f4"], {"f4": 1}][int(rng.integers(0, 7))]
             else:
                 d["embedding"] = list(emb.tolist())
         elif kind == "image_bad":
@@ -533,8 +533,8 @@ def fuzz_query_server(requests: list[tuple[str, list[bytes]]], reply_timeout_s: 
     dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(endpoint)
-    missing, malformed_ok, valid_refused, internal, sent = 0, 0, 0, 0, 0
-    examples: dict[str, list] = {"missing": [], "malformed_ok": [], "internal": []}
+    missing, malformed_ok, valid_refused, internal, sent, handle_raised = 0, 0, 0, 0, 0, 0
+    examples: dict[str, list] = {"missing": [], "malformed_ok": [], "internal": [], "handle_request_raised": []}
     kinds_refused: dict[str, int] = {}
     rss_before = rss_mb()
     tracemalloc.start()
@@ -543,7 +543,12 @@ def fuzz_query_server(requests: list[tuple[str, list[bytes]]], reply_timeout_s: 
         if time.monotonic() - t0 > time_limit_s:
             break
         sent += 1
-        malformed = len(body) != 1 or not handle_request(body[0], gallery, colour_embedder, limits=limits)["ok"]
+        try:  # the protocol's own verdict, in this thread: ``handle_request`` never raises for bad input
+            malformed = len(body) != 1 or not handle_request(body[0], gallery, colour_embedder, limits=limits)["ok"]
+        except Exception as exc:  # noqa: BLE001 - an escape from handle_request: counted, the request is malformed
+            malformed = True
+            handle_raised += 1
+            examples["handle_request_raised"].append((kind, f"{type(exc).__name__}: {exc}", body[0][:200].hex()))
         dealer.send_multipart([b"", *body])
         if not dealer.poll(int(reply_timeout_s * 1000)):
             missing += 1
@@ -558,7 +563,7 @@ def fuzz_query_server(requests: list[tuple[str, list[bytes]]], reply_timeout_s: 
             ok, error = True, f"unreadable reply: {exc}"
         if error.startswith("internal error"):
             internal += 1
-            examples["internal"].append((kind, error[:300]))
+            examples["internal"].append((kind, error[:300], body[0][:200].hex() if body else ""))
         if malformed and ok:
             malformed_ok += 1
             examples["malformed_ok"].append(kind)
@@ -578,7 +583,8 @@ def fuzz_query_server(requests: list[tuple[str, list[bytes]]], reply_timeout_s: 
     server.close()
     return {
         "sent": sent, "missing_replies": missing, "malformed_not_refused": malformed_ok,
-        "valid_refused": valid_refused, "internal_errors": internal, "escapes": internal,
+        "valid_refused": valid_refused, "internal_errors": internal, "handle_request_raised": handle_raised,
+        "escapes": internal + handle_raised,
         "refused_by_kind": kinds_refused, "examples": {k: v[:5] for k, v in examples.items()},
         "alive": alive, "sentinel_ok": sentinel_ok, "server_counters": counters,
         "rss_before_mb": rounded(rss_before, 1), "rss_after_mb": rounded(rss_after, 1),
@@ -594,42 +600,57 @@ def run(out: Path, *, messages: int = 10_000, queries: int = 10_000, seed: int =
     fuzz = fuzz_messages(messages, seed)
     kinds = {k: sum(1 for kk, _ in fuzz if kk == k) for k in MESSAGE_KINDS}
     print(f"fuzz-messages: {len(fuzz)} messages ({', '.join(f'{k} {n}' for k, n in kinds.items())})", flush=True)
+    subscriber = process = query = None
+    requests: list = []
     with CrashWatch() as watch:
-        subscriber = fuzz_subscriber(fuzz)
-        print(f"  Subscriber: {json.dumps({k: v for k, v in subscriber.items() if k != 'escape_examples'})}",
-              flush=True)
-        process = fuzz_subscribe_process(fuzz)
-        print(f"  amodal subscribe --json: {json.dumps({k: v for k, v in process.items() if k != 'traceback'})}",
-              flush=True)
-        requests = fuzz_queries(queries, seed)
-        query = fuzz_query_server(requests, time_limit_s=max(10.0, time_limit_s - (time.monotonic() - started)))
-        print(f"  QueryServer: {json.dumps({k: v for k, v in query.items() if k != 'examples'})}", flush=True)
+        if fuzz:
+            subscriber = fuzz_subscriber(fuzz)
+            print(f"  Subscriber: {json.dumps({k: v for k, v in subscriber.items() if k != 'escape_examples'})}",
+                  flush=True)
+            process = fuzz_subscribe_process(fuzz)
+            print(f"  amodal subscribe --json: {json.dumps({k: v for k, v in process.items() if k != 'traceback'})}",
+                  flush=True)
+        if queries:
+            requests = fuzz_queries(queries, seed)
+            query = fuzz_query_server(requests, time_limit_s=max(10.0, time_limit_s - (time.monotonic() - started)))
+            print(f"  QueryServer: {json.dumps({k: v for k, v in query.items() if k != 'examples'})}", flush=True)
     crash = watch.summary()
-    subscriber["escapes"] += crash["uncaught_thread_exceptions"]
+    if subscriber is not None:
+        subscriber["escapes"] += crash["uncaught_thread_exceptions"]
+    elif query is not None:
+        query["escapes"] += crash["uncaught_thread_exceptions"]
+    none: dict[str, Any] = {}
     return {
         "parameters": {"messages": messages, "queries": queries, "seed": seed, "message_kinds": kinds,
                        "query_kinds": {k: sum(1 for kk, _ in requests if kk == k) for k in QUERY_KINDS}},
         "summary": {
-            "messages": len(fuzz), "queries": query["sent"],
-            "escapes": subscriber["escapes"] + process["escapes"] + query["escapes"],
-            "subscriber_received": subscriber["received"], "subscribe_process_accounted": process["accounted"],
-            "query_missing_replies": query["missing_replies"],
-            "query_malformed_not_refused": query["malformed_not_refused"],
-            "subscriber_rss_growth_mb": rounded(subscriber["rss_after_mb"] - subscriber["rss_before_mb"], 1),
-            "subscriber_tracemalloc_peak_mb": subscriber["tracemalloc_peak_mb"],
-            "process_rss_growth_mb": rounded(process["rss_after_mb"] - process["rss_before_mb"], 1),
-            "query_rss_growth_mb": rounded(query["rss_after_mb"] - query["rss_before_mb"], 1),
-            "query_tracemalloc_peak_mb": query["tracemalloc_peak_mb"],
+            "messages": len(fuzz), "queries": (query or none).get("sent", 0),
+            "escapes": sum(t["escapes"] for t in (subscriber, process, query) if t is not None),
+            "subscriber_received": (subscriber or none).get("received"),
+            "subscribe_process_accounted": (process or none).get("accounted"),
+            "query_missing_replies": (query or none).get("missing_replies"),
+            "query_malformed_not_refused": (query or none).get("malformed_not_refused"),
+            "query_internal_errors": (query or none).get("internal_errors"),
+            "query_handle_request_raised": (query or none).get("handle_request_raised"),
+            "subscriber_rss_growth_mb": _growth(subscriber),
+            "subscriber_tracemalloc_peak_mb": (subscriber or none).get("tracemalloc_peak_mb"),
+            "process_rss_growth_mb": _growth(process),
+            "query_rss_growth_mb": _growth(query),
+            "query_tracemalloc_peak_mb": (query or none).get("tracemalloc_peak_mb"),
             "seconds": rounded(time.monotonic() - started, 1),
         },
         "subscriber": subscriber, "subscribe_process": process, "query_server": query, "crash_watch": crash,
     }
 
 
+def _growth(target: dict[str, Any] | None) -> float | None:
+    return None if target is None else rounded(target["rss_after_mb"] - target["rss_before_mb"], 1)
+
+
 def plot(results: dict[str, Any], ax_row) -> None:
     ax = ax_row[0]
-    targets = [("Subscriber", results["subscriber"]), ("subscribe\nprocess", results["subscribe_process"]),
-               ("QueryServer", results["query_server"])]
+    targets = [(name, results[key]) for name, key in (("Subscriber", "subscriber"), ("subscribe\nprocess",
+               "subscribe_process"), ("QueryServer", "query_server")) if results.get(key) is not None]
     before = [t["rss_before_mb"] for _, t in targets]
     after = [t["rss_after_mb"] for _, t in targets]
     x = np.arange(len(targets))
@@ -640,8 +661,18 @@ def plot(results: dict[str, Any], ax_row) -> None:
     ax.set_title(f"fuzz-messages: {results['summary']['escapes']} escapes")
     ax.legend()
     ax = ax_row[1]
-    kinds = results["parameters"]["message_kinds"]
-    ax.barh(list(kinds), list(kinds.values()))
-    ax.set_xlabel("messages sent per kind")
-    s = results["subscriber"]
-    ax.set_title(f"Subscriber: {s['received']}/{s['sent']} received, {s['malformed']} malformed")
+    if results.get("query_server") is not None:
+        refused = results["query_server"]["refused_by_kind"]
+        sent = results["parameters"]["query_kinds"]
+        ax.barh(list(sent), list(sent.values()), label="requests sent")
+        ax.barh(list(refused), list(refused.values()), height=0.4, label="error replies")
+        q = results["query_server"]
+        ax.set_title(f"QueryServer: {q['sent']} requests, {q['missing_replies']} unanswered, "
+                     f"{q['internal_errors']} internal errors")
+        ax.legend()
+    elif results.get("subscriber") is not None:
+        kinds = results["parameters"]["message_kinds"]
+        ax.barh(list(kinds), list(kinds.values()))
+        ax.set_xlabel("messages sent per kind")
+        s = results["subscriber"]
+        ax.set_title(f"Subscriber: {s['received']}/{s['sent']} received, {s['malformed']} malformed")
