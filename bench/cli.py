@@ -10,6 +10,7 @@ BENCHES: dict[str, list[str]] = {
     "gallery": ["amodal.bench.gallery"],
     "query": ["amodal.bench.query_load"],
     "pipeline": ["amodal.bench.pipeline"],
+    "layers-samplers": ["amodal.bench.layers_samplers"],
     "reliability": ["amodal.bench.reliability"],
     "kernels": [
         "amodal.bench.kernels.bench_correlation",
