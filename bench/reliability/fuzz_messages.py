@@ -312,6 +312,7 @@ def fuzz_subscribe_process(messages: list[tuple[str, Multipart]], timeout_s: flo
                              "--timeout", "8"], stdout=subprocess.PIPE, stderr=stderr, text=True)
     lines: list[str] = []
     bad_lines: list[str] = []
+    paces_seen = [0]
 
     def read() -> None:
         assert proc.stdout is not None
@@ -319,6 +320,7 @@ def fuzz_subscribe_process(messages: list[tuple[str, Multipart]], timeout_s: flo
             try:
                 json.loads(line)
                 lines.append(line)
+                paces_seen[0] += '"stream_id": "pace"' in line
             except ValueError:
                 bad_lines.append(line[:300])
 
@@ -333,20 +335,28 @@ def fuzz_subscribe_process(messages: list[tuple[str, Multipart]], timeout_s: flo
     time.sleep(0.3)
     base_lines = len(lines)
     rss_before = rss_mb(proc.pid)
+    rss_peak = rss_before
     t0 = time.monotonic()
-    # the process's own count is unknown until it exits: pace on time (its decode rate, measured below)
+    # paced: after each chunk a valid ``pace`` status message, and the next chunk once the process printed it
+    # (so its RSS measures its decoding, not a backlog of unread messages in its ZeroMQ queue)
+    paces = 0
     for start in range(0, len(messages), 200):
         for _, parts in messages[start:start + 200]:
             pub.send_multipart(parts)
-        time.sleep(0.02)
-    rss_after = rss_mb(proc.pid)
+        event = StreamEvent("pace", StreamState.UP, None, 1, 0, False)
+        pub.send_multipart([schema.STATUS_TOPIC.encode(), schema.encode_status(event, paces)])
+        paces += 1
+        deadline = time.monotonic() + 60
+        while paces_seen[0] < paces and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        rss_peak = max(rss_peak, rss_mb(proc.pid))
     pub.send_multipart(sentinel_message())
     deadline = time.monotonic() + timeout_s
     sentinel_ok = False
     while time.monotonic() < deadline and proc.poll() is None and not sentinel_ok:
         sentinel_ok = any('"stream_id": "sentinel"' in line for line in lines[-3:])
         time.sleep(0.05)
-    rss_peak = max(rss_after, rss_mb(proc.pid))
+    rss_after = rss_mb(proc.pid)
     alive_at_sentinel = proc.poll() is None
     elapsed_s = time.monotonic() - t0
     try:
@@ -361,15 +371,15 @@ def fuzz_subscribe_process(messages: list[tuple[str, Multipart]], timeout_s: flo
     pub.close(0)
     skipped = _int_after(err, "skipped ", " malformed")
     unknown = _int_after(err, "skipped ", " message(s) of types")
-    printed = len(lines) - base_lines - int(sentinel_ok)
+    printed = len(lines) - base_lines - int(sentinel_ok) - paces_seen[0]
     return {
         "sent": len(messages), "printed_valid": printed, "malformed_reported": skipped, "unknown_reported": unknown,
         "accounted": printed + (skipped or 0) + (unknown or 0),
         "escapes": int("Traceback" in err) + len(bad_lines) + int(rc not in (0,)),
         "unparseable_lines": bad_lines[:5], "exit_code": rc, "traceback": err[err.find("Traceback"):][:3000]
         if "Traceback" in err else None, "alive": alive_at_sentinel, "sentinel_ok": sentinel_ok,
-        "rss_before_mb": rounded(rss_before, 1), "rss_after_mb": rounded(rss_peak, 1),
-        "seconds": rounded(elapsed_s, 2),
+        "rss_before_mb": rounded(rss_before, 1), "rss_after_mb": rounded(rss_after, 1),
+        "rss_peak_mb": rounded(rss_peak, 1), "seconds": rounded(elapsed_s, 2),
     }
 
 
