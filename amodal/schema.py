@@ -32,8 +32,9 @@ SCHEMA_VERSION = 1
 FRAMES_PREFIX = "frames/"
 STATUS_TOPIC = "status/"
 METRICS_TOPIC = "metrics/"
-#: a Subscriber subscribes last to ``hello/<unique id>`` (never published on) so the engine can count subscribers
-HELLO_PREFIX = "hello/"
+#: a Subscriber also subscribes to ``~hello/<unique id>`` (never published on) so the engine can count subscribers;
+#: on (re)connection a SUB socket sends its subscriptions in byte order, and ``~`` sorts after every topic above
+HELLO_PREFIX = "~hello/"
 
 # pycocotools' compressed RLE writes 6-bit groups as the characters 48..111 ('0'..'o')
 _RLE_ALPHABET = bytes(range(48, 112))

@@ -84,8 +84,9 @@ class Subscriber:
             topics.append(schema.STATUS_TOPIC)
         if metrics:
             topics.append(schema.METRICS_TOPIC)
-        # last: a private topic nothing is published on; the engine counts these to wait for its subscribers, and
-        # subscriptions arrive in order, so when it sees this one the topics above are in place
+        # a private topic nothing is published on: the engine counts these to wait for its subscribers; it sorts
+        # last (a SUB sends its subscriptions in byte order on connection), so once the engine sees it, the topics
+        # above are in place
         topics.append(f"{schema.HELLO_PREFIX}{uuid.uuid4().hex}")
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())

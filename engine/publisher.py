@@ -3,7 +3,7 @@
 A PUB socket never blocks its sender: a subscriber that stops reading fills its own queue (``send_hwm``) and then
 loses messages, which it sees as gaps in ``seq``; the engine is never slowed.  The socket is an XPUB so that the
 engine sees subscriptions arrive: ``wait_for_subscribers(n)`` blocks until ``n`` amodal ``Subscriber``s have
-subscribed (each subscribes last to a private ``hello/<id>`` topic that no message is ever published on).  Frames
+subscribed (each also subscribes to a private ``~hello/<id>`` topic that no message is ever published on, sorted after every real topic).  Frames
 and amendments of a stream share its topic but are numbered separately, so a reader that knows only frames sees
 no gaps.  On ``close()`` everything queued before it is sent, and the socket lingers ``linger_ms`` to flush.
 """
