@@ -1,8 +1,8 @@
 """The annotated-video sink: every analysed frame of a stream, with its results drawn, encoded to MP4 with PyAV.
 
 Drawing (``amodal.draw``): visible masks filled, amodal outlines, occluder masks, boxes, track and global ids,
-occlusion levels and layers.  One file per stream: the path given, or, when several streams are written,
-``<stem>_<stream><suffix>`` (a ``{stream}`` in the path is replaced by the stream id instead).  Frames are
+occlusion levels and layers.  One file per stream: the path given when the engine has exactly one configured source, else
+``<stem>_<stream><suffix>`` for every stream (a ``{stream}`` in the path is replaced by the stream id instead).  Frames are
 converted, drawn and encoded on the sink's own thread; the queue in front of it is bounded and blocks when full,
 because the file promises every analysed frame.  A stream's file is closed at its ``ended``/``removed`` event
 or a fatal error.  Amendments are not drawn (they arrive after their frame was encoded).
@@ -52,9 +52,8 @@ class _StreamFile:
 class AnnotatedVideoSink(Sink):
     name = "annotate"
 
-    def __init__(self, path: str | Path, *, per_stream: bool | None = None, fps: int = 25,
-                 queue_size: int = 64) -> None:
-        """``per_stream``: name files by stream even for one stream (None: only from the second stream on)."""
+    def __init__(self, path: str | Path, *, per_stream: bool = True, fps: int = 25, queue_size: int = 64) -> None:
+        """``per_stream``: name each file after its stream (False: the one stream's file is ``path`` itself)."""
         self.path = Path(path)
         self.per_stream = per_stream
         self.fps = fps
@@ -71,7 +70,7 @@ class AnnotatedVideoSink(Sink):
     def path_for(self, stream_id: str) -> Path:
         if "{stream}" in str(self.path):
             return Path(str(self.path).replace("{stream}", stream_id))
-        if self.per_stream or (self.per_stream is None and self.written):
+        if self.per_stream or self.written:  # a second stream never overwrites the first one's file
             return self.path.with_name(f"{self.path.stem}_{stream_id}{self.path.suffix or '.mp4'}")
         return self.path
 

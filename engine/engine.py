@@ -120,7 +120,7 @@ class Engine:
         if config.annotate:
             from amodal.engine.annotate import AnnotatedVideoSink
 
-            self.sinks.append(AnnotatedVideoSink(config.annotate, per_stream=True if len(config.sources) > 1 else None))
+            self.sinks.append(AnnotatedVideoSink(config.annotate, per_stream=len(config.sources) != 1))
         self._ready = threading.Condition()
         self._attached: dict[str, _Attached] = {}
         self._queues: dict[str, SourceQueue] = {}

@@ -27,6 +27,7 @@ from amodal.streams.base import SourceConfig
 from amodal.types import Frame, ObjectResult, StreamState
 
 from tests.support.array_source import ArraySource
+from tests.engine.conftest import free_port
 
 AMODAL = [sys.executable, "-m", "amodal.cli"]
 
@@ -292,9 +293,8 @@ def test_annotated_sink_writes_a_playable_mp4_with_the_source_frame_count(endpoi
     finally:
         engine.stop()
     counts = {}
-    for stream in ("a", "b"):
-        path = tmp_path / "annotated_b.mp4" if stream == "b" else out
-        with av.open(str(path)) as container:
+    for stream in ("a", "b"):  # sources added at run time: one file per stream, named after it
+        with av.open(str(tmp_path / f"annotated_{stream}.mp4")) as container:
             counts[stream] = sum(1 for _ in container.decode(video=0))
     assert counts == {"a": 37, "b": 12}
 
@@ -305,6 +305,7 @@ def test_a_subscriber_started_first_gets_every_frame_of_a_file(endpoint, tmp_pat
     clip = make_video(tmp_path / "clip.mp4", seconds=2.0, fps=25, size=(64, 48), gop=25)
     counts = []
     for _ in range(3):
+        endpoint = f"{endpoint.rsplit(':', 1)[0]}:{free_port()}"  # a fresh port: a closed listener lingers
         got: list = []
         with Subscriber(endpoint, streams=["clip"], status=False) as sub:
             config = EngineConfig(publish=endpoint, wait_for_subscribers=1, wait_for_subscribers_timeout_s=10,
