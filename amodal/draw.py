@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from amodal.types import FrameResult, ObjectResult
+from amodal.world.render import outline
 
 _PALETTE = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
@@ -17,15 +18,6 @@ def colour_of(obj: ObjectResult) -> tuple[int, int, int]:
     """A stable colour per track (or per class when untracked)."""
     key = obj.track_id if obj.track_id is not None else obj.class_id
     return tuple(int(c) for c in _PALETTE[key % len(_PALETTE)])  # type: ignore[return-value]
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    inner = mask.copy()
-    inner[1:, :] &= mask[:-1, :]
-    inner[:-1, :] &= mask[1:, :]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return mask & ~inner
 
 
 def label_of(obj: ObjectResult) -> str:
@@ -62,7 +54,7 @@ def draw_result(image_rgb: np.ndarray, result: FrameResult, alpha: float = 0.45)
             m = obj.mask.decode()
             out[m] = (1 - alpha) * out[m] + alpha * colour
         if _fits(obj.amodal_mask, image_rgb.shape):
-            out[_outline(obj.amodal_mask.decode())] = colour
+            out[outline(obj.amodal_mask.decode())] = colour
     canvas = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     for obj in result.objects:
