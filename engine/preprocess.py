@@ -53,7 +53,3 @@ def prepare_inputs(frames: Sequence[Frame], specs: Iterable[InputSpec], device: 
                 geometries[spec][i] = geometry
     return {spec: PreparedInput(tuple(images[spec]), tuple(geometries[spec])) for spec in specs}  # type: ignore[arg-type]
 
-
-def frame_to_rgb_tensor(frame: Frame, device: torch.device) -> torch.Tensor:
-    """float32[3, H, W] RGB in [0, 1] of one frame on ``device`` (for tools and tests; stages get prepared inputs)."""
-    return prepare_inputs([frame], [InputSpec()], device)[InputSpec()].images[0]
