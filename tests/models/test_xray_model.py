@@ -81,7 +81,7 @@ def test_occluder_loss_is_a_quarter_of_the_occluder_bce():
 
 def test_lora_step_leaves_frozen_sam_weights_untouched():
     torch.manual_seed(0)
-    model = build_xray(config=_config()).train()
+    model = build_xray(config=_config(encoder_trainable=())).train()  # as on a real SAM: only LoRA adapts it
     frozen = {n: q.detach().clone() for n, q in model.encoder.named_parameters() if not q.requires_grad}
     frozen.update({f"positional.{n}": q.detach().clone() for n, q in model.positional.named_parameters()})
     lora = {n: q.detach().clone() for n, q in model.encoder.named_parameters() if "lora_" in n}
@@ -100,6 +100,7 @@ def test_lora_step_leaves_frozen_sam_weights_untouched():
 def test_paper_config_adapts_qkv_only_with_rank_16():
     config = XraySamConfig()
     assert config.lora_rank == 16 and config.lora_targets == ("qkv",) and config.image_size == 512
+    assert config.encoder_trainable == ()  # the pretrained encoder stays frozen but for its LoRA adapters
     assert config.embed_size == 32 and config.embed_dim == 256 and len(config.class_names) == 12
 
 
