@@ -24,6 +24,7 @@ import faulthandler
 import io
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -289,13 +290,12 @@ def run_scanner(bad: list[BadFile], good_images: list[Path], folder: Path, *, ti
     try:
         engine.add_source(source)
 
-        def accounted() -> dict[str, int]:
+        def accounted() -> collections.Counter[str]:
+            """Files delivered or named by an error event so far (called under the recorder's lock: cheap)."""
             seen: collections.Counter[str] = collections.Counter(n for n in recorder.labels.get("scanner", ()) if n)
-            for e in recorder.events.get("scanner", ()):
-                if e.state == StreamState.ERROR and e.reason:
-                    for name in candidates:
-                        if f"/{name} " in e.reason:
-                            seen[name] += 1
+            seen.update(_named_file(e.reason) for e in recorder.events.get("scanner", ())
+                        if e.state == StreamState.ERROR)
+            seen.pop(None, None)
             return seen
 
         recorder.wait_for(lambda: len(accounted()) >= len(candidates), timeout_s)
@@ -311,7 +311,7 @@ def run_scanner(bad: list[BadFile], good_images: list[Path], folder: Path, *, ti
     missing = sorted(n for n in candidates if seen[n] == 0)
     twice = sorted(n for n in candidates if seen[n] > 1)
     errors = [e for e in events if e.state == StreamState.ERROR]
-    unnamed_errors = [e.reason for e in errors if not any(f"/{n} " in (e.reason or "") for n in candidates)]
+    unnamed_errors = [e.reason for e in errors if _named_file(e.reason) not in candidates]
     return {
         "candidates": len(candidates), "good_images": len(good_images), "ignored_not_scanner_format": len(ignored),
         "delivered": sum(delivered.values()), "error_events": len(errors),
@@ -324,6 +324,15 @@ def run_scanner(bad: list[BadFile], good_images: list[Path], folder: Path, *, ti
         "final_states": [e.state.value for e in events if e.state in (StreamState.ENDED, StreamState.REMOVED)],
         "seconds": round(elapsed_s, 2), "engine_alive": alive,
     }
+
+
+_SCANNER_FILE = re.compile(r"^scanner (?:file|entry) (\S+) ")
+
+
+def _named_file(reason: str | None) -> str | None:
+    """The file name a scanner ``error`` event names ("scanner file /hot/f0001_truncate.png skipped ...")."""
+    match = _SCANNER_FILE.match(reason or "")
+    return Path(match.group(1)).name if match else None
 
 
 # --------------------------------------------------------------------------------------------- campaign
