@@ -162,3 +162,9 @@ def test_slow_layers_stage_results_arrive_as_amendments_without_delaying_frames(
         assert all(o.class_name == "layer" and o.amodal_mask.decode().shape == (24, 40) for o in added)
         completed = [o for o, ref in zip(a.objects, a.refs) if ref is not None]
         assert all(o.class_name == "item" and o.occlusion_layer >= 1 for o in completed)
+
+
+def test_the_shipped_weights_load_by_default():
+    stage = LayersStage()
+    assert stage.loaded.metadata["model"] == "sas" and stage.loaded.config.image_size == 64
+    assert stage.input_spec.size_hw == (64, 64) and stage.loaded.metadata["steps"] > 0
