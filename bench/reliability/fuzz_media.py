@@ -26,9 +26,7 @@ import json
 import logging
 import re
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,7 +359,8 @@ def run(out: Path, *, files: int = 1000, seed: int = 0, wave: int = 12, hang_tim
         scanner_part = None
         if scanner and time.monotonic() < deadline_s:
             good_images = [p for fmt in SCANNER_FORMATS for p in seeds.get(fmt, [])]
-            scanner_part = run_scanner(bad, good_images, work / "hot", timeout_s=max(30.0, deadline_s - time.monotonic()))
+            scanner_part = run_scanner(bad, good_images, work / "hot",
+                                       timeout_s=max(30.0, deadline_s - time.monotonic()))
     tiff_log.setLevel(tiff_level)
     rows = engine_part["files"]
     by = collections.defaultdict(lambda: collections.Counter())
@@ -396,7 +395,8 @@ def run(out: Path, *, files: int = 1000, seed: int = 0, wave: int = 12, hang_tim
             "by_mutation": dict(collections.Counter(r["mutation"] for r in rows)),
             "good_clip": good_runs, "scanner": scanner_part,
             "problems": [r for r in rows if r["hang"] or r["finals"] != 1 or r["internal_errors"]][:50],
-            "silent_loss_files": [{k: r[k] for k in ("file", "frames", "reason")} for r in rows if r["silent_loss"]][:30],
+            "silent_loss_files": [{k: r[k] for k in ("file", "frames", "reason")}
+                                  for r in rows if r["silent_loss"]][:30],
             "files": rows}
 
 

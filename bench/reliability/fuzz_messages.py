@@ -150,7 +150,8 @@ def fuzz_messages(count: int, seed: int) -> list[tuple[str, Multipart]]:
             elif kind == "field_delete":
                 _set(d, path, None, delete=True)
             elif kind == "field_add":
-                d[["extra", 7, b"k", None][int(rng.integers(0, 4))] if rng.random() < 0.3 else "extra"] = _weird_value(rng)
+                key = ["extra", 7, b"k", None][int(rng.integers(0, 4))] if rng.random() < 0.3 else "extra"
+                d[key] = _weird_value(rng)
             else:
                 d["type"] = ["frame", "amendment", "status", "metrics", "future", "", 1][int(rng.integers(0, 7))]
                 d["v"] = [1, 1, 1, 2, 0, True, 1.0, "1"][int(rng.integers(0, 8))]
@@ -504,7 +505,8 @@ def fuzz_queries(count: int, seed: int) -> list[tuple[str, list[bytes]]]:
             else:
                 del d["embedding"]
         elif kind == "op_version":
-            d["op"] = ["search ", "STATS", "delete", "", None, 1][int(rng.integers(0, 6))] if rng.random() < 0.6 else d["op"]
+            if rng.random() < 0.6:
+                d["op"] = ["search ", "STATS", "delete", "", None, 1][int(rng.integers(0, 6))]
             d["v"] = [2, 0, "1", 1.0, True, None][int(rng.integers(0, 6))] if "v" in d else 2
         payload = msgpack.packb(d, use_bin_type=True)
         if kind == "bytes_flip":
