@@ -111,8 +111,8 @@ def _embedding_from_request(request: dict, dim: int, max_norm: float) -> np.ndar
     data, dtype = request["embedding"], request.get("dtype")
     if not isinstance(data, bytes):
         raise SchemaError(f"embedding must be msgpack bin (raw little-endian floats), got {type(data).__name__}")
-    if dtype not in _DTYPES:
-        raise SchemaError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise SchemaError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r:.60}")
     itemsize = np.dtype(_DTYPES[dtype]).itemsize
     if len(data) != dim * itemsize:
         raise SchemaError(f"embedding is {len(data)} bytes; dimension {dim} in {dtype} needs {dim * itemsize}")

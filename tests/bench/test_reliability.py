@@ -44,14 +44,6 @@ def test_fuzz_messages(tmp_path):
         assert target["rss_after_mb"] - target["rss_before_mb"] < 200  # bounded memory
 
 
-GALLERY_DTYPE_DEFECT = (
-    "defect found by fuzz-messages: a gallery search whose 'dtype' is a msgpack array or map (unhashable) makes "
-    "engine/gallery/query.py _embedding_from_request raise TypeError at `dtype not in _DTYPES`: handle_request "
-    "(documented 'never raises for bad input') raises, and QueryServer answers 'internal error: TypeError: "
-    "unhashable type' and logs a traceback per request instead of a SchemaError reply")
-
-
-@pytest.mark.xfail(strict=True, reason=GALLERY_DTYPE_DEFECT)
 def test_fuzz_gallery_queries(tmp_path):
     results = _run(tmp_path, "fuzz-messages", "--messages", "0", "--queries", "300")
     query = results["query_server"]
@@ -60,9 +52,9 @@ def test_fuzz_gallery_queries(tmp_path):
     assert query["rss_after_mb"] - query["rss_before_mb"] < 200
 
 
-@pytest.mark.xfail(strict=True, reason=GALLERY_DTYPE_DEFECT)
 @pytest.mark.parametrize("dtype", [["f4"], {"f4": 1}])
 def test_gallery_search_with_unhashable_dtype_is_an_error_reply(dtype):
+    """Found by fuzz-messages: an array or map ``dtype`` raised TypeError inside handle_request."""
     import msgpack
     import numpy as np
 
