@@ -37,7 +37,7 @@ SHAPES_FEED = SyntheticSpec(scene="shapes", width=256, height=192, fps=25.0, obj
 STREET_SEED, STREET_INDEX = 2026, 4  # a medium-occlusion street scene outside every training set (seed 3)
 FEED_FPS = 25
 FEEDS = ("street", "shapes")
-DEFAULT_STAGES = "ovis"
+DEFAULT_STAGES = "ovis,eoras"
 
 
 def render_shapes(seconds: float) -> Iterator[np.ndarray]:
