@@ -12,6 +12,7 @@ from typing import Any
 from amodal.engine.stage import Stage
 from amodal.engine.stages.eoras import EoRaSSettings, EoRaSStage
 from amodal.engine.stages.identity import IdentitySettings, IdentityStage
+from amodal.engine.stages.layers import LayersSettings, LayersStage
 from amodal.engine.stages.maskrcnn import MaskRCNNSettings, MaskRCNNStage
 from amodal.engine.stages.ovis import OvisSettings, OvisStage
 from amodal.engine.stages.reid import ReidSettings, ReidStage
@@ -33,6 +34,7 @@ STAGES: Mapping[str, StageEntry] = {
     "ovis": StageEntry(OvisSettings, OvisStage, "CMaskTrack R-CNN: occluded instances with track ids (primary)"),
     "reid": StageEntry(ReidSettings, ReidStage, "MBF person ReID + faiss gallery: embeddings, global ids (after ovis)"),
     "eoras": StageEntry(EoRaSSettings, EoRaSStage, "EoRaS amodal masks and occlusion levels of tracked objects (after ovis)"),
+    "layers": StageEntry(LayersSettings, LayersStage, "SAS diffusion: occlusion layers, one object per layer region (slow: newest frame)"),
     "xray": StageEntry(XraySettings, XrayStage, "bilayer SAM: prohibited items with occluder masks in X-ray scans (primary)"),
 }
 
