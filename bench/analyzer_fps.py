@@ -1,7 +1,7 @@
 """``amodal bench analyzer --pipeline STAGES``: model-only fps against engine fps at batch sizes 1–16.
 
-Model-only: the pipeline's stages (with the batch preprocessing) on pre-decoded frames in batches of B (the
-ceiling).  Engine: the same pipeline in the engine, B concurrent file streams decoded as fast as possible and
+Model-only: the pipeline's stages (with the batch preprocessing; detached stages run in line too) on pre-decoded
+frames in batches of B (the ceiling).  Engine: the same pipeline in the engine, B concurrent file streams decoded as fast as possible and
 micro-batched up to B (decode, queues, batching, post-processing and publishing included), received by a
 subscriber.  Both in one run; the ratio engine/model is the engine's efficiency.  Writes
 ``analyzer_<stages>.json`` + ``.png``.
@@ -26,7 +26,8 @@ from amodal.engine.config import (
 )
 from amodal.engine.device import select_device
 from amodal.engine.engine import Engine, build_pipelines
-from amodal.engine.pipeline import Pipeline
+from amodal.engine.pipeline import Pipeline, StageSlot
+from amodal.engine.stage import RatePolicy
 from amodal.schema import FrameMessage, StatusMessage
 from amodal.streams.base import SourceConfig
 from amodal.streams.open import open_source
@@ -54,7 +55,9 @@ def _decode_all(path: Path, n: int) -> list:
 
 
 def model_fps(config: PipelineConfig, device: torch.device, frames: list, batch: int, repeats: int) -> float:
-    pipeline = Pipeline(config.name, build_pipelines([config])[config.name])
+    # every stage in line, detached (slow) ones included: the model-only figure is what the stages can do
+    slots = [StageSlot(slot.stage, RatePolicy()) for slot in build_pipelines([config])[config.name]]
+    pipeline = Pipeline(config.name, slots)
     stages = list({id(s.stage): s.stage for s in pipeline.slots}.values())
     for stage in stages:
         stage.start(device)

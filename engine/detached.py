@@ -131,16 +131,30 @@ class DetachedStage:
         return True
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Process what is pending, stop the stage on its worker, end the thread."""
+        """Process what is pending (for at most ``timeout_s``), stop the stage on its worker, end the thread.
+
+        Frames still pending after ``timeout_s`` are not processed: each is reported by a ``dropped`` event, the
+        batch in progress finishes, and the thread always ends (a slow stage never outlives its engine)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.error("stage %s did not finish its %d pending items within %.0f s", self.stage.name,
-                          len(self._pending), timeout_s)
-            self._thread = None
+        if self._thread is None:
+            return
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            with self._cond:
+                abandoned = [item for item in self._pending if isinstance(item, _Work)]
+                ends = [item for item in self._pending if isinstance(item, _EndOfStream)]
+                self._pending.clear()
+                self._pending.extend(ends)  # end-of-stream hooks still run (they are cheap)
+            log.error("stage %s: %d frames not processed within %.0f s of stopping; reported as dropped",
+                      self.stage.name, len(abandoned), timeout_s)
+            for w in abandoned:
+                self._report(StreamEvent(w.frame.stream_id, StreamState.DROPPED,
+                                         f"stage {self.stage.name} dropped frame {w.frame.index}: the engine "
+                                         f"stopped before it was processed", time.time_ns()))
+            self._thread.join()  # the batch in progress, then the end-of-stream hooks and stop()
+        self._thread = None
 
     # ------------------------------------------------------------------------------------------ worker
     def _run(self) -> None:

@@ -197,8 +197,8 @@ class Engine:
                 a.thread.join(max(0.0, deadline - time.monotonic()))
         if self._loop_thread is not None:
             self._loop_thread.join(max(0.1, deadline - time.monotonic()))
-        for worker in self._detached.values():
-            worker.stop(max(1.0, deadline - time.monotonic()))
+        for worker in self._detached.values():  # slow stages finish what they hold, up to the stop timeout
+            worker.stop(max(5.0, deadline - time.monotonic()))
         for sink in self.sinks:
             sink.close()
         self._check_sinks()

@@ -370,3 +370,18 @@ def test_a_model_two_pipelines_use_is_loaded_once():
     a, b, c = (engine.pipelines[name].slots[0].stage for name in "abc")
     assert a is c, "same stage and settings: one stage"
     assert a is not b and a.loaded is b.loaded, "other settings: another stage, the same loaded model"
+
+
+def test_a_slow_stage_never_outlives_its_engine_and_reports_what_it_did_not_process(endpoint):
+    slow = Layerer(sleep_s=0.4)
+    recorder = Recorder()
+    engine = Engine(EngineConfig(publish=endpoint, max_batch_size=1, exit_when_done=False),
+                    pipelines={"default": [Tagger("t"), StageSlot(slow, RatePolicy("every", detached=True))]},
+                    sinks=[recorder]).start()
+    engine.add_source(ArraySource("cam", 20))
+    time.sleep(1.0)
+    engine.stop(timeout_s=1.0)
+    worker = next(iter(engine._detached.values()))
+    assert worker._thread is None and not slow.started, "the worker ended and the stage was stopped"
+    dropped = [e for e in recorder.events if e.state == StreamState.DROPPED and "engine stopped" in e.reason]
+    assert dropped and worker.processed + len(dropped) == 20  # every frame processed or named as dropped
