@@ -231,7 +231,7 @@ class Recorder(Sink):
         self.events = []
 
     def write_results(self, frames, results) -> None:
-        pass
+        """Only events are recorded."""
 
     def write_event(self, event) -> None:
         self.events.append(event)

@@ -41,4 +41,4 @@ def wait_connected(pub: zmq.Socket, received_probe: Callable[[float], bool], tim
         if time.monotonic() > deadline:
             raise TimeoutError(f"no probe reached the subscriber in {timeout_s} s")
     while received_probe(0.3):
-        pass
+        continue  # drain the probes still in flight

@@ -136,7 +136,7 @@ def _train_config(out, data_root, **kw):
 
 
 class Preempted(Exception):
-    pass
+    """Stands for a job killed mid-training."""
 
 
 class PreemptAt(HookBase):
