@@ -18,3 +18,11 @@ def test_analyzer_bench_runs_a_pipeline(tmp_path):
     assert analyzer_fps.main(["--pipeline", "identity", "--batches", "2", "--frames", "4", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "analyzer_identity.json").read_text())["rows"]
     assert [r["batch"] for r in rows] == [2] and rows[0]["engine_fps"] > 0 and rows[0]["model_fps"] > 0
+
+
+def test_eoras_bench_compares_attention_backends(tmp_path):
+    from amodal.bench import eoras
+
+    assert eoras.main(["--tracks", "1,2", "--steps", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "eoras.json").read_text())["rows"]
+    assert [r["tracks"] for r in rows] == [1, 2] and all(r[b] > 0 for r in rows for b in eoras.BACKENDS)
