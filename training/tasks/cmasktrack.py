@@ -29,6 +29,7 @@ from amodal.models.cmasktrack import (
 )
 from amodal.models.maskrcnn import MaskRCNNConfig
 from amodal.training.data.ovis import OvisDataset, OvisFrame, OvisVideo
+from amodal.training.data.epochs import epoch_batches
 from amodal.training.evaluation.common import rle_encode
 from amodal.training.evaluation.vis import evaluate_vis
 
@@ -190,22 +191,14 @@ class CMaskTrackTask:
         """Endless pair batches: each epoch a (seed, epoch)-permutation of the annotated frames, rank-sharded;
         ``start_batch`` skips batches without decoding them (exact resume)."""
         n = len(self._train_index)
-        per_rank = max(1, n // world_size)
-        batches_per_epoch = max(1, per_rank // batch_size)
-        batch = start_batch
-        while True:
-            epoch, k = divmod(batch, batches_per_epoch)
-            perm = np.random.default_rng([seed, epoch]).permutation(n)[rank::world_size]
-            if len(perm) < batch_size:
-                perm = np.resize(perm, batch_size)
+        for epoch, positions in epoch_batches(n, batch_size=batch_size, seed=seed, rank=rank,
+                                              world_size=world_size, start_batch=start_batch):
             items = []
-            for j in range(batch_size):
-                position = int(perm[k * batch_size + j])
+            for position in positions:
                 vid, t = self._train_index[position]
                 items.append(self._pair(epoch * n + position, vid, t, seed))
             images, refs, targets, ref_targets = (list(x) for x in zip(*items))
             yield PairBatch(images, refs, targets, ref_targets)
-            batch += 1
 
     def batch_to_device(self, batch: PairBatch, device: torch.device) -> PairBatch:
         return batch.to(device)

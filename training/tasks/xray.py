@@ -24,6 +24,7 @@ from amodal.models.xray.config import tiny_config, vit_b_config
 from amodal.models.xray.sam import config_with_sam_architecture
 from amodal.settings import build_settings
 from amodal.training.data.coco import CocoImageRecord, CocoInstance, load_coco_instances, mask_to_rle
+from amodal.training.data.epochs import epoch_batches
 from amodal.training.evaluation.coco import COCOEvaluator
 
 MIN_BOX_PX = 2.0  # items whose box is thinner than this are dropped from training targets
@@ -155,23 +156,15 @@ class XrayTask:
         """Endless batches: each epoch a (seed, epoch)-permutation of the scans, rank-sharded; flips drawn per
         (seed, epoch, scan); ``start_batch`` skips batches without decoding them (exact resume)."""
         n = len(self._records)
-        per_rank = max(1, n // world_size)
-        batches_per_epoch = max(1, per_rank // batch_size)
-        batch = start_batch
-        while True:
-            epoch, k = divmod(batch, batches_per_epoch)
-            perm = np.random.default_rng([seed, epoch]).permutation(n)[rank::world_size]
-            if len(perm) < batch_size:
-                perm = np.resize(perm, batch_size)
+        for epoch, positions in epoch_batches(n, batch_size=batch_size, seed=seed, rank=rank,
+                                              world_size=world_size, start_batch=start_batch):
             images, targets = [], []
-            for j in range(batch_size):
-                position = int(perm[k * batch_size + j])
+            for position in positions:
                 flip = bool(np.random.default_rng([seed, epoch, position]).random() < self.config.hflip_prob)
                 image, target = sample_tensors(self._sample(position), flip)
                 images.append(image)
                 targets.append(target)
             yield XrayBatch(images, targets)
-            batch += 1
 
     def batch_to_device(self, batch: XrayBatch, device: torch.device) -> XrayBatch:
         return batch.to(device)
