@@ -3,7 +3,8 @@
 The inference thread ``submit``s each frame's result after the synchronous stages; the worker takes what its rate
 policy keeps — every frame (``every``), every ``n``-th frame of each stream (``nth``), or only each stream's
 newest frame whenever it is free (``newest``: older pending frames of that stream are superseded, not queued) —
-preprocesses its own input, runs the stage, and hands an ``Amendment`` per frame to ``emit``.  The fast stages'
+preprocesses its own input, runs the stage, and hands an ``Amendment`` per frame to ``emit`` (a lagging stage's
+amendments are the earlier frames it completed, from ``take_late``, after each batch and each end of stream).  The fast stages'
 results are never delayed: ``submit`` only appends to a bounded backlog (``every``/``nth``: beyond
 ``rate.backlog`` frames the oldest is dropped and a ``dropped`` event says so).  End of stream is queued behind
 the stream's frames, so ``on_source_eos`` runs after its last frame; ``stop`` processes what is pending first.
@@ -21,7 +22,7 @@ import torch
 
 from amodal.engine.pipeline import StageSlot, run_stage
 from amodal.engine.preprocess import prepare_inputs
-from amodal.engine.stage import StageBatch
+from amodal.engine.stage import FrameRef, StageBatch
 from amodal.types import Amendment, Frame, ObjectResult, StreamEvent, StreamState
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class _EndOfStream:
     stream_id: str
 
 
-def amendment_of(frame: Frame, stage: str, before: tuple[ObjectResult, ...], after: tuple[ObjectResult, ...],
+def amendment_of(frame: Frame | FrameRef, stage: str, before: tuple[ObjectResult, ...], after: tuple[ObjectResult, ...],
                  stage_ms: dict[str, float]) -> Amendment:
     """The objects ``stage`` changed (``refs`` = their index in ``before``) or added (ref None)."""
     objects, refs = [], []
@@ -200,12 +201,14 @@ class DetachedStage:
     def _process(self, items: list[_Work | _EndOfStream]) -> None:
         if isinstance(items[0], _EndOfStream):
             stream_id = items[0].stream_id
+            start_ns = time.monotonic_ns()
             try:
                 self.stage.on_source_eos(stream_id)
             except Exception as exc:  # noqa: BLE001 - reported, the stage goes on with the other streams
                 log.exception("stage %s failed at the end of stream %s", self.stage.name, stream_id)
                 self._report(StreamEvent(stream_id, StreamState.ERROR,
                                          f"stage {self.stage.name} failed at end of stream: {exc!r}", time.time_ns()))
+            self._emit_late(start_ns)
             return
         work = [w for w in items if isinstance(w, _Work)]
         frames = [w.frame for w in work]
@@ -222,7 +225,26 @@ class DetachedStage:
         for w, objects in zip(work, outputs):
             if objects is None:
                 continue
+            self.processed += 1
+            if self.stage.lag_frames:  # its completions of these frames come later, from take_late
+                continue
             wait_ms = (start_ns - w.frame.received_mono_ns) / 1e6
             self._emit(amendment_of(w.frame, self.stage.name, w.objects, objects,
                                     {"wait": wait_ms, self.stage.name: stage_ms}))
-            self.processed += 1
+        self._emit_late(start_ns)
+
+    def _emit_late(self, start_ns: int) -> None:
+        """Amend the earlier frames a lagging stage completed (``stage_ms``: this turn of the worker)."""
+        try:
+            late = self.stage.take_late()
+        except Exception as exc:  # noqa: BLE001 - reported; what it held for those frames is lost, said so
+            log.exception("stage %s failed to hand over its late results", self.stage.name)
+            self._report(StreamEvent("*", StreamState.ERROR,
+                                     f"stage {self.stage.name} failed to hand over late results: {exc!r}",
+                                     time.time_ns()))
+            return
+        stage_ms = (time.monotonic_ns() - start_ns) / 1e6
+        for result in late:
+            wait_ms = (start_ns - result.frame.received_mono_ns) / 1e6
+            self._emit(amendment_of(result.frame, self.stage.name, result.before, result.after,
+                                    {"wait": wait_ms, self.stage.name: stage_ms}))

@@ -71,7 +71,7 @@ def build_pipelines(configs: Sequence[PipelineConfig]) -> dict[str, list[StageSl
             if key not in instances:
                 instances[key] = build_stage(stage_config.name, stage_config.settings)
             stage = instances[key]
-            slots.append(StageSlot(stage, stage_config.rate or type(stage).default_rate))
+            slots.append(StageSlot(stage, stage_config.rate or stage.default_rate))
         out[pipeline.name] = slots
     return out
 
@@ -93,7 +93,7 @@ class Engine:
         if pipelines is None:
             slots = build_pipelines(config.pipelines)
         else:
-            slots = {name: [s if isinstance(s, StageSlot) else StageSlot(s, type(s).default_rate) for s in stages]
+            slots = {name: [s if isinstance(s, StageSlot) else StageSlot(s, s.default_rate) for s in stages]
                      for name, stages in pipelines.items()}
         providers = _providers()
         self.pipelines = {name: Pipeline(name, s, providers) for name, s in slots.items()}

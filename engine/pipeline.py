@@ -65,6 +65,11 @@ def check_needs(name: str, slots: Sequence[StageSlot], providers: dict[str, list
             raise ConfigError(
                 f"pipeline {name!r}: stage {slot.stage.name!r} needs {', '.join(missing)}, which no earlier stage "
                 f"fills (earlier: {', '.join(earlier) or 'none'}){hint}")
+        if slot.stage.lag_frames and not slot.rate.is_detached:
+            raise ConfigError(
+                f"pipeline {name!r}: stage {slot.stage.name!r} completes frames {slot.stage.lag_frames} frames late "
+                f"(published as amendments), so it must run detached: drop its rate setting or give it "
+                f"rate: {{detached: true}}")
         if not slot.rate.is_detached:
             filled |= slot.stage.fills
         earlier.append(slot.stage.name)
@@ -116,7 +121,7 @@ class Pipeline:
     @classmethod
     def of(cls, name: str, stages: Sequence[Stage | StageSlot]) -> "Pipeline":
         """A pipeline of stage instances, each with its default rate policy unless given as a ``StageSlot``."""
-        return cls(name, [s if isinstance(s, StageSlot) else StageSlot(s, type(s).default_rate) for s in stages])
+        return cls(name, [s if isinstance(s, StageSlot) else StageSlot(s, s.default_rate) for s in stages])
 
     def process(self, frames: Sequence[Frame], device: torch.device) -> PipelineOutput:
         """Run the synchronous stages on ``frames`` (one preprocessing per distinct declared input)."""
@@ -141,5 +146,6 @@ class Pipeline:
             output.results.append(FrameResult(
                 stream_id=frame.stream_id, frame_index=frame.index, pts_s=frame.pts_s,
                 capture_time_ns=frame.capture_time_ns, width=frame.width, height=frame.height, objects=objects,
-                analyzer=self.label, received_mono_ns=frame.received_mono_ns, stage_ms=dict(stage_ms)))
+                analyzer=self.label, received_mono_ns=frame.received_mono_ns, stage_ms=dict(stage_ms),
+                scan=frame.scan))
         return output

@@ -8,6 +8,12 @@ rate policy detaches it from the hot path::
     start(device) → process(batch) per micro-batch (frames of several streams mixed)
                   → on_source_eos(stream_id) when a stream ended and all its frames were processed → stop()
 
+A *lagging* stage (``lag_frames`` > 0: windowed EoRaS looks W − 1 frames ahead) completes a frame only after later
+frames arrived: ``process`` returns the objects it could not complete yet unchanged, and ``take_late`` hands over,
+after each ``process`` and ``on_source_eos``, the frames it completed since (``LateResult``); the engine publishes
+each as an amendment of its frame.  A lagging stage runs detached (its default rate policy), so that it receives
+every synchronous stage's objects and its late results amend the frames as published.
+
 A stage declares what it ``needs`` and what it ``fills`` (names from ``CAPABILITIES``); the engine refuses at
 start-up a pipeline where a stage's needs are not filled by an earlier stage.  A stage declares its pixel input
 (``input_spec``); the engine preprocesses each micro-batch once per distinct declared input, straight from the
@@ -120,6 +126,33 @@ class StageBatch:
 
 
 @dataclass(frozen=True)
+class FrameRef:
+    """What identifies a frame in an amendment, without its pixels (a lagging stage holds these, not frames)."""
+
+    stream_id: str
+    index: int
+    capture_time_ns: int
+    width: int
+    height: int
+    received_mono_ns: int
+
+    @classmethod
+    def of(cls, frame: Frame) -> "FrameRef":
+        return cls(frame.stream_id, frame.index, frame.capture_time_ns, frame.width, frame.height,
+                   frame.received_mono_ns)
+
+
+@dataclass(frozen=True, eq=False)
+class LateResult:
+    """A lagging stage's completion of an earlier frame: the objects that frame had when the stage received it
+    (``before``) and after the stage (``after``: same order, completed objects replaced, added ones appended)."""
+
+    frame: FrameRef
+    before: tuple[ObjectResult, ...]
+    after: tuple[ObjectResult, ...]
+
+
+@dataclass(frozen=True)
 class RatePolicy:
     """How often a stage runs: on ``every`` frame (default), every ``n``-th frame of each stream (``nth``), or on the
     ``newest`` frame of each stream whenever it is free.  A stage whose policy is not ``every`` — or that sets
@@ -160,6 +193,8 @@ class Stage(abc.ABC):
     fills: frozenset[str] = frozenset()
     #: the pixels this stage wants (None: it needs no pixels)
     input_spec: InputSpec | None = None
+    #: frames a lagging stage waits for before it completes a frame (0: it completes every frame in ``process``)
+    lag_frames: int = 0
 
     device: torch.device | None = None
 
@@ -182,7 +217,12 @@ class Stage(abc.ABC):
         a stage that serves a socket of its own (the gallery query endpoint) secures it with them."""
 
     def on_source_eos(self, stream_id: str) -> None:
-        """Forget the per-stream state of ``stream_id`` (tracks, caches, gallery tracks)."""
+        """Forget the per-stream state of ``stream_id`` (tracks, caches, gallery tracks); a lagging stage completes
+        the frames it still holds (handed over by the next ``take_late``)."""
+
+    def take_late(self) -> list[LateResult]:
+        """The earlier frames a lagging stage completed since the last call (oldest first); empty for others."""
+        return []
 
     def stop(self) -> None:
         """Release resources (save galleries, close endpoints)."""
