@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 
 from amodal.errors import SchemaError
-from amodal.types import Amendment, FrameResult, ObjectResult, RLEMask, StreamEvent, StreamState
+from amodal.types import Amendment, FrameResult, ObjectResult, RLEMask, ScanInfo, StreamEvent, StreamState
 
 SCHEMA_VERSION = 1
 FRAMES_PREFIX = "frames/"
@@ -85,30 +85,37 @@ def _object_to_wire(obj: ObjectResult) -> dict[str, Any]:
     }
 
 
+def _scan_to_wire(scan: ScanInfo) -> dict[str, Any]:
+    return {"scanner_id": scan.scanner_id, "bag_id": scan.bag_id, "series_uid": scan.series_uid,
+            "sop_instance_uid": scan.sop_instance_uid, "acquisition_time": scan.acquisition_time,
+            "frame_number": scan.frame_number, "frame_count": scan.frame_count, "file_name": scan.file_name}
+
+
 def _stage_ms_to_wire(stage_ms: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 3) for k, v in stage_ms.items()}
 
 
 def encode_frame(result: FrameResult, seq: int, publish_time_ns: int) -> bytes:
-    """A ``FrameResult`` → msgpack payload; ``seq`` counts the topic's frame messages."""
-    return msgpack.packb(
-        {
-            "v": SCHEMA_VERSION,
-            "type": "frame",
-            "seq": seq,
-            "stream_id": result.stream_id,
-            "frame_index": result.frame_index,
-            "pts_s": result.pts_s,
-            "capture_time_ns": result.capture_time_ns,
-            "publish_time_ns": publish_time_ns,
-            "width": result.width,
-            "height": result.height,
-            "analyzer": result.analyzer,
-            "stage_ms": _stage_ms_to_wire(result.stage_ms),
-            "objects": [_object_to_wire(o) for o in result.objects],
-        },
-        use_bin_type=True,
-    )
+    """A ``FrameResult`` → msgpack payload; ``seq`` counts the topic's frame messages.  ``scan`` (since 0.3) is
+    written only for frames that carry scan identifiers (scanner feeds of DICOS / DICOM files)."""
+    message = {
+        "v": SCHEMA_VERSION,
+        "type": "frame",
+        "seq": seq,
+        "stream_id": result.stream_id,
+        "frame_index": result.frame_index,
+        "pts_s": result.pts_s,
+        "capture_time_ns": result.capture_time_ns,
+        "publish_time_ns": publish_time_ns,
+        "width": result.width,
+        "height": result.height,
+        "analyzer": result.analyzer,
+        "stage_ms": _stage_ms_to_wire(result.stage_ms),
+        "objects": [_object_to_wire(o) for o in result.objects],
+    }
+    if result.scan is not None:
+        message["scan"] = _scan_to_wire(result.scan)
+    return msgpack.packb(message, use_bin_type=True)
 
 
 def encode_amendment(amendment: Amendment, seq: int, publish_time_ns: int) -> bytes:
@@ -409,6 +416,27 @@ def _frames_stream_id(fields: _Fields, kind: str) -> str:
     return stream_id
 
 
+def _scan_from_wire(f: _Fields) -> ScanInfo | None:
+    """The optional ``scan`` map of a frame message (absent or nil: None)."""
+    if f.value("scan", None) is None:
+        return None
+    scan = f.map("scan")
+    frame_number = scan.integer("frame_number", minimum=1)
+    frame_count = scan.integer("frame_count", minimum=1)
+    if frame_number > frame_count:
+        raise scan.error("frame_number", f"is {frame_number}, more than frame_count {frame_count}")
+    return ScanInfo(
+        scanner_id=scan.string("scanner_id", nullable=True, absent=None),
+        bag_id=scan.string("bag_id", nullable=True, absent=None),
+        series_uid=scan.string("series_uid", nullable=True, absent=None),
+        sop_instance_uid=scan.string("sop_instance_uid", nullable=True, absent=None),
+        acquisition_time=scan.string("acquisition_time", nullable=True, absent=None),
+        frame_number=frame_number,
+        frame_count=frame_count,
+        file_name=scan.string("file_name", nullable=True, absent=None),
+    )
+
+
 def _decode_frame(f: _Fields, seq: int) -> FrameMessage:
     result = FrameResult(
         stream_id=_frames_stream_id(f, "frame"),
@@ -420,6 +448,7 @@ def _decode_frame(f: _Fields, seq: int) -> FrameMessage:
         objects=_objects_from_wire(f),
         analyzer=f.string("analyzer", absent=""),
         stage_ms=_stage_ms(f, absent={}),
+        scan=_scan_from_wire(f),
     )
     publish_time_ns = f.integer("publish_time_ns", minimum=0)
     return FrameMessage(topic=f.topic, seq=seq, publish_time_ns=publish_time_ns, result=result)

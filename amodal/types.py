@@ -17,6 +17,31 @@ PixelFormat = Literal["yuv420p", "nv12", "rgb24", "gray8", "gray16"]
 PIXEL_FORMATS: tuple[str, ...] = ("yuv420p", "nv12", "rgb24", "gray8", "gray16")
 
 
+@dataclass(frozen=True, slots=True)
+class ScanInfo:
+    """Identifiers of a scanner's scan (from a DICOS / DICOM file; see ``amodal.streams.dicom``), carried by each of
+    its frames and published with the frame's results.  Plain strings and ints; None where the file does not say.
+
+    ``scanner_id``: the device (serial number, else station name); ``bag_id``: the object of inspection (bag,
+    parcel); ``series_uid`` / ``sop_instance_uid``: DICOM UIDs of the series and of the file's scan;
+    ``acquisition_time``: ISO 8601 text as the scanner wrote it (its local time, with the UTC offset when stated);
+    ``frame_number`` of ``frame_count`` (1-based) within the file; ``file_name``: the file's name in the hot folder.
+    """
+
+    scanner_id: str | None = None
+    bag_id: str | None = None
+    series_uid: str | None = None
+    sop_instance_uid: str | None = None
+    acquisition_time: str | None = None
+    frame_number: int = 1
+    frame_count: int = 1
+    file_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.frame_number <= self.frame_count:
+            raise ValueError(f"ScanInfo: frame_number {self.frame_number} outside 1..{self.frame_count}")
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Frame:
     """One decoded frame of one stream, kept in its decoded pixel format.
@@ -38,6 +63,7 @@ class Frame:
     planes: tuple[np.ndarray, ...]
     width: int
     height: int
+    scan: ScanInfo | None = None  # the scan's identifiers (scanner feeds of DICOS / DICOM files), else None
 
     def __post_init__(self) -> None:
         if self.pixel_format not in PIXEL_FORMATS:
@@ -145,6 +171,7 @@ class FrameResult:
     analyzer: str = ""
     received_mono_ns: int = 0  # carried from the Frame for in-process latency accounting
     stage_ms: dict[str, float] = field(default_factory=dict)  # per-stage latency for this frame
+    scan: ScanInfo | None = None  # carried from the Frame (scanner feeds), published with the results
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,11 @@
 """X-ray scanner hot folder: ``scanner://DIR?settle_s=0.2&skip_existing=0&give_up_s=5``.
 
 Every new complete image file in ``DIR`` (PNG, TIFF, JPEG, BMP; 8/16-bit grayscale or RGB pseudo-colour)
-becomes one frame.  A half-written file is never delivered:
+becomes one frame.  DICOS / DICOM files (``*.dcm``, ``*.dicos``, or any other name whose content starts with the
+``DICM`` preamble) are decoded by ``amodal.streams.dicom``: 16-bit pixel data as ``gray16`` with the rescale slope and
+intercept applied, each frame of a multi-frame file one frame (in file order, ``pts_s`` advancing by the file's
+Frame Time when it has one), and the scan's identifiers (scanner, bag, series, acquisition time, frame k of N) in
+``Frame.scan``, which the engine publishes with the frame's results.  A half-written file is never delivered:
 
 * names of the atomic-write convention are ignored: dot-files and ``*.tmp``, ``*.partial``, ``*.part``,
   ``*.crdownload``, ``*.filepart``, ``*~`` (the scanner renames them when done, and the final name is picked
@@ -33,6 +37,7 @@ import enum
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -40,6 +45,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from amodal.errors import ConfigError, SourceError
 from amodal.streams.backoff import Backoff
 from amodal.streams.base import FrameSink, OverflowPolicy, Source, SourceConfig
+from amodal.streams.dicom import DICOM_SUFFIXES, DicomFrame, decode_dicom, has_dicm_preamble, is_dicom_name
 from amodal.streams.events import make_event
 from amodal.streams.images import IMAGE_SUFFIXES, ImageTooLargeError, decode_image
 from amodal.types import Frame, StreamState
@@ -92,11 +98,17 @@ def parse_scanner_uri(config: SourceConfig) -> ScannerSettings:
 
 
 def is_candidate(name: str) -> bool:
-    """Whether a directory entry name may be a finished image (not a temp/hidden/unknown file)."""
+    """Whether a directory entry name may be a finished image or DICOM file (not a temp/hidden/unknown file).
+    Names with another suffix (or none) are candidates only when their content starts with the DICM preamble."""
     lower = name.lower()
-    if name.startswith(".") or lower.endswith(TEMP_SUFFIXES):
+    if is_temporary(name):
         return False
-    return os.path.splitext(lower)[1] in IMAGE_SUFFIXES
+    return os.path.splitext(lower)[1] in IMAGE_SUFFIXES | DICOM_SUFFIXES
+
+
+def is_temporary(name: str) -> bool:
+    """Dot-files and names of the atomic-write convention: never read."""
+    return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES)
 
 
 class _FileState(enum.Enum):
@@ -138,6 +150,9 @@ class ScannerSource(Source):
         self.settings = parse_scanner_uri(config)
         self._files: dict[str, _Tracked] = {}
         self._bad_entries: set[str] = set()  # listed names that cannot be stat'ed (reported once)
+        # names without an image/DICOM suffix: (size, mtime_ns) → whether the content starts with the DICM preamble
+        self._sniffed: dict[str, tuple[int, int, bool]] = {}
+        self._sniff_seen: set[str] = set()
         # frame index -> file name of recently delivered frames, for ``frame_label`` (a queue's drop notices)
         self._labels: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._max_labels = max(1024, 4 * self.queue_size)
@@ -161,6 +176,7 @@ class ScannerSource(Source):
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         self._files = {}
         self._bad_entries = set()
+        self._sniffed = {}
         self._labels.clear()
         index = 0
         first_mtime_ns: int | None = None
@@ -169,7 +185,9 @@ class ScannerSource(Source):
         sink.put_event(make_event(sid, StreamState.CONNECTING))
         while not stop.is_set():
             try:
-                entries, bad = _list_candidates(folder)
+                sniffed_before, self._sniff_seen = self._sniffed, set()
+                entries, bad = _list_candidates(folder, self._is_dicom_content)
+                self._sniffed = {n: v for n, v in sniffed_before.items() if n in self._sniff_seen}
             except OSError as exc:
                 reason = f"scanner folder {folder}: {type(exc).__name__}: {exc.strerror or exc}"
                 if not reconnect:
@@ -195,21 +213,25 @@ class ScannerSource(Source):
             for name in self._ready(entries, now_s):
                 if stop.is_set():
                     break
-                frame = self._read(folder / name, time.monotonic(), sink, index, first_mtime_ns)
-                if frame is None:
+                frames = self._read(folder / name, time.monotonic(), sink, index, first_mtime_ns)
+                if frames is None:
                     continue
                 if first_mtime_ns is None:
-                    first_mtime_ns = frame.capture_time_ns
-                self._labels[index] = name
-                while len(self._labels) > self._max_labels:
-                    self._labels.popitem(last=False)
-                if not sink.put_frame(frame):  # blocks while a block-policy queue is full
-                    sink.put_event(make_event(sid, StreamState.ENDED, "sink closed"))
-                    return
-                index += 1
-                if self.config.max_frames is not None and index >= self.config.max_frames:
-                    sink.put_event(make_event(sid, StreamState.ENDED, "max_frames reached"))
-                    return
+                    first_mtime_ns = frames[0].capture_time_ns
+                for frame in frames:
+                    scan = frame.scan
+                    label = name if scan is None or scan.frame_count == 1 else (
+                        f"{name} frame {scan.frame_number}/{scan.frame_count}")
+                    self._labels[frame.index] = label
+                    while len(self._labels) > self._max_labels:
+                        self._labels.popitem(last=False)
+                    if not sink.put_frame(frame):  # blocks while a block-policy queue is full
+                        sink.put_event(make_event(sid, StreamState.ENDED, "sink closed"))
+                        return
+                    index += 1
+                    if self.config.max_frames is not None and index >= self.config.max_frames:
+                        sink.put_event(make_event(sid, StreamState.ENDED, "max_frames reached"))
+                        return
             stop.wait(self.config.poll_interval_s)
         sink.put_event(make_event(sid, StreamState.ENDED, "stopped"))
 
@@ -243,16 +265,33 @@ class ScannerSource(Source):
                 ready.append(name)
         return ready
 
+    def _is_dicom_content(self, name: str, path: Path, st: os.stat_result) -> bool:
+        """Whether a file without an image/DICOM suffix starts with the DICM preamble (read once per size/mtime)."""
+        self._sniff_seen.add(name)
+        known = self._sniffed.get(name)
+        if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
+            return known[2]
+        found = has_dicm_preamble(path)
+        self._sniffed[name] = (st.st_size, st.st_mtime_ns, found)
+        return found
+
+    def _decode(self, path: Path) -> list[DicomFrame] | tuple[str, tuple]:
+        """DICOM frames for a DICOM file (by name or content), else an image's ``(pixel_format, planes)``."""
+        if is_dicom_name(path.name) or path.suffix.lower() not in IMAGE_SUFFIXES:
+            return decode_dicom(path, self.config.max_image_pixels)
+        return decode_image(path, self.config.max_image_pixels)
+
     def _read(
         self, path: Path, now_s: float, sink: FrameSink, index: int, first_mtime_ns: int | None
-    ) -> Frame | None:
-        """Decode a settled file; None when it is not (yet) a complete image, changed meanwhile or vanished."""
+    ) -> list[Frame] | None:
+        """Decode a settled file into its frames (one per image; one per frame of a multi-frame DICOM file); None
+        when it is not (yet) a complete image, changed meanwhile or vanished."""
         tracked = self._files[path.name]
         if tracked.size == 0:
             self._failed(path, tracked, now_s, sink, "empty (0 bytes)")
             return None
         try:
-            pixel_format, planes = decode_image(path, self.config.max_image_pixels)
+            decoded = self._decode(path)
         except ImageTooLargeError as exc:  # the header is final: waiting would not make it smaller
             tracked.state = _FileState.DONE
             reason = f"scanner file {path} skipped: {exc}"
@@ -274,18 +313,25 @@ class ScannerSource(Source):
             return None
         tracked.state = _FileState.DONE
         origin_ns = first_mtime_ns if first_mtime_ns is not None else tracked.mtime_ns
-        height, width = planes[0].shape[:2]
-        return Frame(
-            stream_id=self.stream_id,
-            index=index,
-            pts_s=(tracked.mtime_ns - origin_ns) / 1e9,
-            capture_time_ns=tracked.mtime_ns,
-            received_mono_ns=time.monotonic_ns(),
-            pixel_format=pixel_format,
-            planes=planes,
-            width=width,
-            height=height,
-        )
+        pts_s = (tracked.mtime_ns - origin_ns) / 1e9
+        if isinstance(decoded, tuple):
+            decoded = [DicomFrame(decoded[0], decoded[1], scan=None)]  # type: ignore[arg-type]
+        frames = []
+        for k, part in enumerate(decoded):
+            height, width = part.planes[0].shape[:2]
+            frames.append(Frame(
+                stream_id=self.stream_id,
+                index=index + k,
+                pts_s=pts_s + part.offset_s,
+                capture_time_ns=tracked.mtime_ns,
+                received_mono_ns=time.monotonic_ns(),
+                pixel_format=part.pixel_format,
+                planes=part.planes,
+                width=width,
+                height=height,
+                scan=part.scan,
+            ))
+        return frames
 
     def _failed(self, path: Path, tracked: _Tracked, now_s: float, sink: FrameSink, detail: str) -> None:
         """A stable file that did not decode: retry after ``settle_s``, or give up after ``give_up_s`` with an
@@ -305,21 +351,28 @@ class ScannerSource(Source):
             tracked.next_attempt_s = now_s + self.settings.settle_s
 
 
-def _list_candidates(folder: Path) -> tuple[dict[str, os.stat_result], dict[str, str]]:
-    """Regular files in ``folder`` whose names may be finished images, with their stat; and the candidate
-    names that cannot be stat'ed (symlink loops, permission errors), with why.  Directories and other
-    non-regular entries are not images and are left alone; only a failure to list the folder itself raises."""
+def _list_candidates(
+    folder: Path, is_dicom_content: Callable[[str, Path, os.stat_result], bool]
+) -> tuple[dict[str, os.stat_result], dict[str, str]]:
+    """Regular files in ``folder`` that may be finished images or DICOM files, with their stat; and the candidate
+    names that cannot be stat'ed (symlink loops, permission errors), with why.  A name without an image/DICOM
+    suffix is a candidate when ``is_dicom_content`` says its content starts with the DICM preamble.  Directories
+    and other non-regular entries are left alone; only a failure to list the folder itself raises."""
     entries: dict[str, os.stat_result] = {}
     bad: dict[str, str] = {}
     with os.scandir(folder) as it:
         for entry in it:
-            if not is_candidate(entry.name):
+            by_name = is_candidate(entry.name)
+            if not by_name and is_temporary(entry.name):
                 continue
             try:
                 if entry.is_file():
-                    entries[entry.name] = entry.stat()
+                    st = entry.stat()
+                    if by_name or is_dicom_content(entry.name, Path(entry.path), st):
+                        entries[entry.name] = st
             except FileNotFoundError:  # vanished between listing and stat (or a dangling symlink)
                 continue
             except OSError as exc:
-                bad[entry.name] = f"{type(exc).__name__}: {exc.strerror or exc}"
+                if by_name:
+                    bad[entry.name] = f"{type(exc).__name__}: {exc.strerror or exc}"
     return entries, bad

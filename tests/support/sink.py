@@ -1,6 +1,7 @@
 """A FrameSink that collects frames and events for assertions, and a thread that runs a Source."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +25,7 @@ class ListSink:
             if self.accept_frames is not None and len(self.frames) >= self.accept_frames:
                 return False
             if not self.keep_planes:
-                frame = Frame(frame.stream_id, frame.index, frame.pts_s, frame.capture_time_ns,
-                              frame.received_mono_ns, frame.pixel_format, (), frame.width, frame.height)
+                frame = dataclasses.replace(frame, planes=())
             self.frames.append(frame)
             self._cond.notify_all()
         return True
