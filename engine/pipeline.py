@@ -56,6 +56,11 @@ def check_needs(name: str, slots: Sequence[StageSlot], providers: dict[str, list
     filled: set[str] = set()
     earlier: list[str] = []
     for slot in slots:
+        if slot.stage.lag_frames and not slot.rate.is_detached:
+            raise ConfigError(
+                f"pipeline {name!r}: stage {slot.stage.name!r} completes frames {slot.stage.lag_frames} frames late "
+                f"(published as amendments), so it must run detached: drop its rate setting or give it "
+                f"rate: {{detached: true}}")
         missing = sorted(slot.stage.needs - filled)
         if missing:
             hint = ""
@@ -65,11 +70,6 @@ def check_needs(name: str, slots: Sequence[StageSlot], providers: dict[str, list
             raise ConfigError(
                 f"pipeline {name!r}: stage {slot.stage.name!r} needs {', '.join(missing)}, which no earlier stage "
                 f"fills (earlier: {', '.join(earlier) or 'none'}){hint}")
-        if slot.stage.lag_frames and not slot.rate.is_detached:
-            raise ConfigError(
-                f"pipeline {name!r}: stage {slot.stage.name!r} completes frames {slot.stage.lag_frames} frames late "
-                f"(published as amendments), so it must run detached: drop its rate setting or give it "
-                f"rate: {{detached: true}}")
         if not slot.rate.is_detached:
             filled |= slot.stage.fills
         earlier.append(slot.stage.name)

@@ -2,29 +2,39 @@
 
 Per micro-batch, every tracked object with a visible mask is cropped from its frame (``enlarge`` × its box, the
 model's input size, ``roi_align``) with the crop's intrinsics — the stream's K from the settings, else the
-``hfov_deg`` fallback — and all tracks of all streams run through one batched causal step of the model: each
-track carries its own slots from frame to frame (a camera has no future frames; the windowed mode, whose results
-would arrive W − 1 frames late, is a model capability this stage does not use yet).  A track that appears twice in a
-micro-batch (two frames of its stream) is stepped twice, in frame order.  The amodal probabilities are pasted back
-into frame coordinates and thresholded; the published ``amodal_mask`` is that mask united with the object's
-visible mask (what is seen is part of the object), and ``occlusion_level = 1 − |visible| / |amodal|``.
+``hfov_deg`` fallback — and all tracks of all streams run through one batched step of the model, each track
+carrying its own slots from frame to frame.  A track that appears twice in a micro-batch (two frames of its stream)
+is stepped twice, in frame order.  The amodal probabilities are pasted back into frame coordinates and thresholded;
+the published ``amodal_mask`` is that mask united with the object's visible mask (what is seen is part of the
+object), and ``occlusion_level = 1 − |visible| / |amodal|``.
+
+Modes (``mode``):
+  * ``causal`` (default): forward in time only; each object is completed in its own frame's result.
+  * ``windowed``: each track's frame t is completed once its frames up to t + W − 1 arrived (a backward pass over
+    the window), so the stage lags W − 1 frames of the track: it runs detached and publishes each completion as an
+    amendment of frame t; a lost track and the end of a stream complete what they still hold.
+  Measured against the offline whole-clip pass on held-out videos (README, EoRaS table), the windowed mode gained
+  nothing over causal with the shipped weights, so causal — no lag — is the default.
 
 Per-track state (slots) is dropped when the track has not been seen for ``track_lost_frames`` frames of its stream
 (the tracker ended it) and, for every track of a stream, at its end of stream.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from amodal.engine.postprocess import encode_masks
-from amodal.engine.stage import InputSpec, Stage, StageBatch
+from amodal.engine.stage import FrameRef, InputSpec, LateResult, RatePolicy, Stage, StageBatch
 from amodal.engine.stages.common import resolve_weights
 from amodal.errors import ConfigError
 from amodal.models.eoras import (
+    EoRaSFrameOutput,
     EoRaSTrackState,
     LoadedEoRaS,
     crop_images,
@@ -50,8 +60,14 @@ class EoRaSSettings:
     mask_threshold: float = 0.5
     track_lost_frames: int = 25
     min_box_px: float = 4.0
+    mode: Literal["causal", "windowed"] = "causal"
+    window: int = 4
 
     def __post_init__(self) -> None:
+        if self.mode not in ("causal", "windowed"):
+            raise ConfigError(f"mode must be causal or windowed (offline needs the whole clip), got {self.mode!r}")
+        if not isinstance(self.window, int) or self.window < 2:
+            raise ConfigError(f"window must be an integer >= 2 (frames), got {self.window!r}")
         if not 0.0 < self.hfov_deg < 180.0:
             raise ConfigError(f"hfov_deg must be in (0, 180), got {self.hfov_deg}")
         if not 0.0 < self.mask_threshold < 1.0:
@@ -71,6 +87,17 @@ class EoRaSSettings:
         object.__setattr__(self, "intrinsics", tuple(sorted(frozen)))  # hashable: pipelines share equal settings
 
 
+@dataclass(frozen=True, eq=False)
+class _Held:
+    """An object of an earlier frame waiting for its track's window (windowed mode): the frame, the objects it had
+    when the stage received it, the object's index there, and its crop box float[1, 4]."""
+
+    frame: FrameRef
+    objects: tuple[ObjectResult, ...]
+    index: int
+    box: torch.Tensor
+
+
 class EoRaSStage(Stage):
     name = "eoras"
     needs = frozenset({"tracks", "masks"})
@@ -86,8 +113,15 @@ class EoRaSStage(Stage):
         if self.config.bev_projection != "crop":
             raise ConfigError(f"eoras stage: weights with bev_projection {self.config.bev_projection!r} (converted "
                               f"official checkpoints) need Kubric-normalised K; this stage gives crop K")
+        self.windowed = self.settings.mode == "windowed"
+        if self.windowed:
+            self.lag_frames = self.settings.window - 1
+            self.default_rate = RatePolicy(detached=True)
         self._states: dict[str, dict[int, EoRaSTrackState]] = {}
         self._last_seen: dict[str, dict[int, int]] = {}
+        self._held: dict[str, dict[int, collections.deque[_Held]]] = {}
+        # (stream, frame index) → (frame, its objects when received, completed objects by index), oldest first
+        self._completed: dict[tuple[str, int], tuple[FrameRef, tuple[ObjectResult, ...], dict[int, ObjectResult]]] = {}
 
     def start(self, device: torch.device) -> None:
         super().start(device)
@@ -123,6 +157,7 @@ class EoRaSStage(Stage):
                     rounds.append([])
                 rounds[r].append((i, j))
         out = [list(objects) for objects in batch.objects]
+        mode, window = ("windowed", self.settings.window) if self.windowed else ("causal", None)
         for pairs in rounds:
             crops, Ks, boxes_all, states = [], [], [], []
             for i, j in pairs:
@@ -136,21 +171,50 @@ class EoRaSStage(Stage):
                 boxes_all.append(box)
                 states.append(self.track_state(frame.stream_id, int(obj.track_id)))
             outputs, new_states = self.loaded.model.step(states, torch.cat(crops).to(self.device),
-                                                         torch.cat(Ks).to(self.device), mode="causal")
+                                                         torch.cat(Ks).to(self.device), mode=mode, window=window)
             for (i, j), output, state, box in zip(pairs, outputs, new_states, boxes_all):
                 frame, obj = batch.frames[i], batch.objects[i][j]
-                self._states.setdefault(frame.stream_id, {})[int(obj.track_id)] = state
-                self._last_seen.setdefault(frame.stream_id, {})[int(obj.track_id)] = frame.index
-                probs = torch.sigmoid(output.amodal_logits)[None]
-                amodal = paste_masks(probs, box.to(probs.device), frame.width, frame.height,
-                                     self.settings.mask_threshold)[0].cpu().numpy()
-                visible = obj.mask.decode()
-                amodal |= visible
-                level = 1.0 - float(visible.sum()) / max(float(amodal.sum()), 1.0)
-                out[i][j] = dataclasses.replace(obj, amodal_mask=encode_masks(amodal[None])[0],
-                                                occlusion_level=level)
+                track = int(obj.track_id)
+                self._states.setdefault(frame.stream_id, {})[track] = state
+                self._last_seen.setdefault(frame.stream_id, {})[track] = frame.index
+                if not self.windowed:
+                    out[i][j] = self._complete(obj, output, box, frame.width, frame.height)
+                    continue
+                held = self._held.setdefault(frame.stream_id, {}).setdefault(track, collections.deque())
+                held.append(_Held(FrameRef.of(frame), batch.objects[i], j, box))
+                if output is not None:
+                    self._complete_held(frame.stream_id, track, [output])
         self._drop_lost_tracks(batch)
         return [tuple(objects) for objects in out]
+
+    def _complete(self, obj: ObjectResult, output: EoRaSFrameOutput, box: torch.Tensor, width: int,
+                  height: int) -> ObjectResult:
+        """``obj`` with its amodal mask (the model's, pasted back and united with the visible mask) and level."""
+        probs = torch.sigmoid(output.amodal_logits)[None]
+        amodal = paste_masks(probs, box.to(probs.device), width, height, self.settings.mask_threshold)[0].cpu().numpy()
+        visible = obj.mask.decode()
+        amodal |= visible
+        level = 1.0 - float(visible.sum()) / max(float(amodal.sum()), 1.0)
+        return dataclasses.replace(obj, amodal_mask=encode_masks(amodal[None])[0], occlusion_level=level)
+
+    def _complete_held(self, stream_id: str, track: int, outputs: Sequence[EoRaSFrameOutput]) -> None:
+        """Complete the oldest held frames of a track, one per output (the model emits them in frame order)."""
+        held = self._held[stream_id][track]
+        for output in outputs:
+            h = held.popleft()
+            obj = h.objects[h.index]
+            entry = self._completed.setdefault((stream_id, h.frame.index), (h.frame, h.objects, {}))
+            entry[2][h.index] = self._complete(obj, output, h.box, h.frame.width, h.frame.height)
+
+    def _end_track(self, stream_id: str, track: int) -> None:
+        """Forget a track; in windowed mode first complete the frames it still holds."""
+        state = self._states.get(stream_id, {}).pop(track, None)
+        self._last_seen.get(stream_id, {}).pop(track, None)
+        held = self._held.get(stream_id, {}).pop(track, None)
+        if held:
+            self._held[stream_id][track] = held
+            self._complete_held(stream_id, track, self.loaded.model.flush(state))
+            del self._held[stream_id][track]
 
     def _drop_lost_tracks(self, batch: StageBatch) -> None:
         newest: dict[str, int] = {}
@@ -159,14 +223,28 @@ class EoRaSStage(Stage):
         for stream_id, index in newest.items():
             seen = self._last_seen.get(stream_id, {})
             for track_id in [t for t, last in seen.items() if index - last >= self.settings.track_lost_frames]:
-                del seen[track_id]
-                self._states.get(stream_id, {}).pop(track_id, None)
+                self._end_track(stream_id, track_id)
 
+    @torch.inference_mode()
     def on_source_eos(self, stream_id: str) -> None:
+        for track in list(self._states.get(stream_id, {})):
+            self._end_track(stream_id, track)
         self._states.pop(stream_id, None)
         self._last_seen.pop(stream_id, None)
+        self._held.pop(stream_id, None)
+
+    def take_late(self) -> list[LateResult]:
+        late = []
+        for frame, before, done in self._completed.values():
+            after = tuple(done.get(k, obj) for k, obj in enumerate(before))
+            late.append(LateResult(frame, before, after))
+        self._completed.clear()
+        late.sort(key=lambda r: (r.frame.stream_id, r.frame.index))
+        return late
 
     def stop(self) -> None:
         self._states.clear()
         self._last_seen.clear()
+        self._held.clear()
+        self._completed.clear()
         super().stop()

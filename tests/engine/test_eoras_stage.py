@@ -2,19 +2,35 @@
 seed): every tracked object gets an amodal mask that contains its visible mask and an occlusion level
 1 − |visible| / |amodal|; on occluded objects the amodal masks recover hidden pixels; all tracks of a micro-batch
 (two frames of one stream included) run in one batched step, and per-track state is dropped when a track is lost
-and at end of stream."""
+and at end of stream.  In windowed mode each frame is completed W − 1 frames of its track later, exactly as the
+model's windowed pass over the clip, and handed over as late results (amendments when detached)."""
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from amodal.engine.stage import PreparedInput, StageBatch
+from amodal import Subscriber
+from amodal.engine.config import EngineConfig
+from amodal.engine.detached import DetachedStage
+from amodal.engine.engine import Engine
+from amodal.engine.stage import Stage
+from amodal.schema import AmendmentMessage, FrameMessage, StatusMessage
+from amodal.engine.engine import build_pipelines
+from amodal.engine.config import PipelineConfig, StageConfig
+from amodal.engine.pipeline import Pipeline, StageSlot
+from amodal.engine.stage import PreparedInput, RatePolicy, StageBatch
 from amodal.engine.stages import build_stage, stage_settings
 from amodal.engine.stages.eoras import EoRaSSettings, EoRaSStage
 from amodal.errors import ConfigError
 from amodal.kernels.preprocess import LetterboxGeometry
-from amodal.types import Frame, ObjectResult, RLEMask
+from amodal.models.eoras import crop_images, crop_intrinsics, enlarged_crop_boxes, paste_masks
+from amodal.types import Frame, ObjectResult, RLEMask, StreamState
+
+from tests.support.array_source import ArraySource
+from tests.engine.conftest import free_port
 from amodal.world.street import VideoConfig, render_frame, scene_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -132,4 +148,154 @@ def test_registered_with_validated_hashable_settings():
     with pytest.raises(ConfigError, match="3x3"):
         stage_settings("eoras", {"intrinsics": {"cam": [[1, 2], [3, 4]]}})
     with pytest.raises(ConfigError, match="unknown key"):
-        stage_settings("eoras", {"window": 3})
+        stage_settings("eoras", {"windw": 3})
+    with pytest.raises(ConfigError, match="causal or windowed"):
+        stage_settings("eoras", {"mode": "offline"})
+    with pytest.raises(ConfigError, match="window must be"):
+        stage_settings("eoras", {"mode": "windowed", "window": 1})
+
+
+WINDOW = 3
+
+
+def _expected_windowed_masks(stage: EoRaSStage, renders, track: int) -> dict[int, np.ndarray]:
+    """frame → the amodal mask of ``track`` from the model's windowed pass over the track's whole clip."""
+    frames = [t for t in range(FRAMES) if any(o.track_id == track for o in _objects(renders[t]))]
+    crops, Ks, boxes, visibles = [], [], [], []
+    for t in frames:
+        obj = next(o for o in _objects(renders[t]) if o.track_id == track)
+        h, w = renders[t].rgb.shape[:2]
+        box = enlarged_crop_boxes(torch.tensor([obj.box_xyxy]), w, h, stage.config.enlarge)
+        image = torch.from_numpy(renders[t].rgb).permute(2, 0, 1).float() / 255
+        crops.append(crop_images(image[None], torch.zeros(1), box, stage.config.input_size))
+        Ks.append(crop_intrinsics(stage.image_intrinsics("cam", w, h), box, stage.config.input_size))
+        boxes.append(box)
+        visibles.append(obj.mask.decode())
+    with torch.inference_mode():
+        logits = stage.loaded.model(torch.cat(crops)[None], torch.cat(Ks)[None], mode="windowed",
+                                    window=WINDOW).amodal_logits[0]
+    out = {}
+    for t, lg, box, visible in zip(frames, logits, boxes, visibles):
+        h, w = visible.shape
+        out[t] = paste_masks(torch.sigmoid(lg)[None], box, w, h, stage.settings.mask_threshold)[0].numpy() | visible
+    return out
+
+
+def test_windowed_mode_completes_each_frame_late_as_the_models_windowed_pass(scene):
+    sc, renders = scene
+    st = EoRaSStage(EoRaSSettings(intrinsics={"cam": sc.camera.K.tolist()}, mode="windowed", window=WINDOW))
+    assert st.lag_frames == WINDOW - 1 and st.default_rate.is_detached
+    st.start(torch.device("cpu"))
+    completed: dict[tuple[int, int], np.ndarray] = {}
+    for t in range(FRAMES):
+        objects = _objects(renders[t])
+        (returned,) = st.process(_batch([_frame("cam", t, renders[t].rgb)], [objects]))
+        assert returned == objects  # nothing completed in the frame's own result
+        for late in st.take_late():
+            assert late.frame.stream_id == "cam" and late.frame.index <= t
+            assert len(late.after) == len(late.before)
+            for k, (b, a) in enumerate(zip(late.before, late.after)):
+                if a is b:
+                    continue
+                key = (late.frame.index, a.track_id)
+                assert key not in completed  # each object completed once
+                completed[key] = a.amodal_mask.decode()
+                # a track seen in every frame is completed exactly W - 1 frames late
+                if all(any(o.track_id == a.track_id for o in _objects(renders[u])) for u in range(FRAMES)):
+                    assert late.frame.index == t - (WINDOW - 1)
+    st.on_source_eos("cam")  # the frames still held are completed at the end of the stream
+    for late in st.take_late():
+        for b, a in zip(late.before, late.after):
+            if a is not b:
+                completed[(late.frame.index, a.track_id)] = a.amodal_mask.decode()
+    expected_keys = {(t, o.track_id) for t in range(FRAMES) for o in _objects(renders[t])}
+    assert set(completed) == expected_keys
+    assert st.track_state("cam", next(iter(expected_keys))[1]) is None and not st.take_late()
+    for track in {k[1] for k in expected_keys}:
+        for t, mask in _expected_windowed_masks(st, renders, track).items():
+            assert (completed[(t, track)] != mask).mean() < 1e-3, (t, track)
+    st.stop()
+
+
+def test_windowed_stage_runs_detached_and_amends_every_frame(scene):
+    sc, renders = scene
+    settings = stage_settings("eoras", {"mode": "windowed", "window": WINDOW})
+    (slot,) = build_pipelines([PipelineConfig.of("p", [StageConfig("eoras", settings)])])["p"]
+    assert slot.rate.is_detached  # a lagging stage's default policy
+    st = slot.stage
+    with pytest.raises(ConfigError, match="must run detached"):
+        Pipeline("p", [StageSlot(st, RatePolicy(detached=False))])
+    amendments, events = [], []
+    worker = DetachedStage(slot, torch.device("cpu"), amendments.append, events.append)
+    worker.start()
+    sent = {}
+    for t in range(FRAMES):
+        sent[t] = _objects(renders[t])
+        worker.submit(_frame("cam", t, renders[t].rgb), sent[t])
+    worker.end_stream("cam")
+    assert worker.drain(120)
+    worker.stop()
+    assert not events
+    amended = {}
+    for a in amendments:
+        assert a.stage == "eoras" and a.objects
+        for ref, obj in zip(a.refs, a.objects):
+            assert sent[a.frame_index][ref].track_id == obj.track_id
+            amended[(a.frame_index, obj.track_id)] = obj
+    assert set(amended) == {(t, o.track_id) for t in range(FRAMES) for o in sent[t]}
+    for (t, _), obj in amended.items():
+        visible, amodal = obj.mask.decode(), obj.amodal_mask.decode()
+        assert (amodal | visible).sum() == amodal.sum()
+
+
+class GroundTruthTracker(Stage):
+    """Primary: the rendered scene's visible masks as tracked objects (what a perfect tracker would give)."""
+
+    name = "truth"
+    primary = True
+    fills = frozenset({"objects", "masks", "tracks"})
+
+    def __init__(self, renders) -> None:
+        self.renders = renders
+
+    def process(self, batch: StageBatch) -> list[tuple[ObjectResult, ...]]:
+        return [_objects(self.renders[f.index]) for f in batch.frames]
+
+
+def test_engine_publishes_windowed_completions_as_amendments_of_their_frames(scene):
+    _, renders = scene
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    eoras = EoRaSStage(EoRaSSettings(mode="windowed", window=WINDOW))
+    engine = Engine(EngineConfig(publish=endpoint, max_batch_size=2),
+                    pipelines={"default": [GroundTruthTracker(renders), eoras]})
+    got = []
+    with Subscriber(endpoint) as sub:
+        engine.start()
+        time.sleep(0.3)
+        try:
+            engine.add_source(ArraySource("cam", FRAMES, images=[r.rgb for r in renders]))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                m = sub.recv(0.2)
+                if m is not None:
+                    got.append(m)
+                if isinstance(m, StatusMessage) and m.event.state == StreamState.ENDED:
+                    break
+            engine.stop()  # the detached stage completes what it holds at the end of the stream
+            while (m := sub.recv(0.5)) is not None:
+                got.append(m)
+        finally:
+            engine.stop()
+    frames = {m.result.frame_index: m.result for m in got if isinstance(m, FrameMessage)}
+    assert sorted(frames) == list(range(FRAMES))
+    assert all(o.amodal_mask is None for r in frames.values() for o in r.objects)  # not in the frame's own result
+    amended = set()
+    for m in got:
+        if isinstance(m, AmendmentMessage):
+            a = m.amendment
+            assert a.stage == "eoras"
+            for ref, obj in zip(a.refs, a.objects):
+                assert frames[a.frame_index].objects[ref].track_id == obj.track_id
+                assert (obj.amodal_mask.decode() | obj.mask.decode()).sum() == obj.amodal_mask.decode().sum()
+                amended.add((a.frame_index, obj.track_id))
+    assert amended == {(t, o.track_id) for t, r in frames.items() for o in r.objects}

@@ -11,12 +11,14 @@ from amodal.types import Frame, StreamEvent, StreamState
 
 
 class ArraySource(Source):
-    """Delivers ``n`` small rgb24 frames (pixel value = index % 256), optionally spaced by ``interval_s``."""
+    """Delivers ``n`` small rgb24 frames (pixel value = index % 256, or ``images[index]``: uint8[H, W, 3] each),
+    optionally spaced by ``interval_s``."""
 
     def __init__(self, stream_id: str, n: int, interval_s: float = 0.0, live: bool = False, size=(16, 24),
-                 fail_at: int | None = None, pipeline: str | None = None):
+                 fail_at: int | None = None, pipeline: str | None = None, images=None):
         super().__init__(SourceConfig(uri=f"test://{stream_id}", stream_id=stream_id, pipeline=pipeline))
         self.n, self.interval_s, self.live, self.size, self.fail_at = n, interval_s, live, size, fail_at
+        self.images = images
         self.delivered = 0
         self.refused = 0
 
@@ -30,7 +32,8 @@ class ArraySource(Source):
             if self.fail_at is not None and i == self.fail_at:
                 sink.put_event(StreamEvent(self.stream_id, StreamState.ERROR, "test failure", time.time_ns(), fatal=True))
                 return
-            image = np.full((h, w, 3), i % 256, dtype=np.uint8)
+            image = np.full((h, w, 3), i % 256, dtype=np.uint8) if self.images is None else self.images[i]
+            h, w = image.shape[:2]
             frame = Frame(self.stream_id, i, i / 25, time.time_ns(), time.monotonic_ns(), "rgb24", (image,), w, h)
             if not sink.put_frame(frame):
                 self.refused += 1
