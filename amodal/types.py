@@ -13,6 +13,33 @@ from typing import Literal
 
 import numpy as np
 
+@dataclass(frozen=True, slots=True)
+class CameraIntrinsics:
+    """A source's camera: its pixel intrinsics ``K`` (3×3 rows ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``, at the
+    stream's resolution) or, without a calibration, its horizontal field of view ``hfov_deg`` (square pixels,
+    principal point at the centre).  Set per source (``camera: {K: ...}`` or ``camera: {hfov_deg: 70}``); stages
+    that reason in 3-D (``eoras``) read it from their batch."""
+
+    K: tuple[tuple[float, float, float], ...] | None = None
+    hfov_deg: float | None = None
+
+    def __post_init__(self) -> None:
+        from amodal.errors import ConfigError
+
+        if (self.K is None) == (self.hfov_deg is None):
+            raise ConfigError(f"camera: give exactly one of K or hfov_deg, got K={self.K!r}, hfov_deg={self.hfov_deg!r}")
+        if self.K is not None:
+            try:
+                rows = tuple(tuple(float(v) for v in row) for row in self.K)
+            except (TypeError, ValueError):
+                rows = ()
+            if len(rows) != 3 or any(len(r) != 3 for r in rows) or rows[0][0] <= 0 or rows[1][1] <= 0:
+                raise ConfigError(f"camera.K must be a 3x3 matrix with positive fx, fy, got {self.K!r}")
+            object.__setattr__(self, "K", rows)
+        elif not 0.0 < float(self.hfov_deg) < 180.0:
+            raise ConfigError(f"camera.hfov_deg must be in (0, 180), got {self.hfov_deg!r}")
+
+
 PixelFormat = Literal["yuv420p", "nv12", "rgb24", "gray8", "gray16"]
 PIXEL_FORMATS: tuple[str, ...] = ("yuv420p", "nv12", "rgb24", "gray8", "gray16")
 

@@ -23,7 +23,7 @@ import torch
 from amodal.engine.pipeline import StageSlot, run_stage
 from amodal.engine.preprocess import prepare_inputs
 from amodal.engine.stage import FrameRef, StageBatch
-from amodal.types import Amendment, Frame, ObjectResult, StreamEvent, StreamState
+from amodal.types import Amendment, CameraIntrinsics, Frame, ObjectResult, StreamEvent, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 class _Work:
     frame: Frame
     objects: tuple[ObjectResult, ...]
+    camera: CameraIntrinsics | None = None
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,9 @@ class DetachedStage:
         if self._start_error is not None:
             raise self._start_error
 
-    def submit(self, frame: Frame, objects: tuple[ObjectResult, ...]) -> None:
-        """Offer one frame (and the objects the synchronous stages gave it) to the stage; never blocks."""
+    def submit(self, frame: Frame, objects: tuple[ObjectResult, ...], camera: CameraIntrinsics | None = None) -> None:
+        """Offer one frame (the objects the synchronous stages gave it, its source's camera) to the stage; never
+        blocks."""
         rate = self.slot.rate
         if rate.mode == "nth" and frame.index % rate.n:
             return
@@ -107,7 +109,7 @@ class DetachedStage:
                         del self._pending[i]
                         self.dropped += 1
                         break
-            self._pending.append(_Work(frame, objects))
+            self._pending.append(_Work(frame, objects, camera))
             self._cond.notify_all()
         if dropped is not None:
             self._report(StreamEvent(dropped.frame.stream_id, StreamState.DROPPED,
@@ -215,7 +217,8 @@ class DetachedStage:
         start_ns = time.monotonic_ns()
         spec = self.stage.input_spec
         batch = StageBatch(tuple(frames), tuple(w.objects for w in work),
-                           prepare_inputs(frames, [spec] if spec is not None else [], self.device))
+                           prepare_inputs(frames, [spec] if spec is not None else [], self.device),
+                           {w.frame.stream_id: w.camera for w in work if w.camera is not None})
         outputs, failures = run_stage(self.stage, batch)
         stage_ms = (time.monotonic_ns() - start_ns) / 1e6
         for failure in failures:

@@ -371,12 +371,14 @@ class Engine:
         start_ns = time.monotonic_ns()
         with self._ready:
             pipeline_of = {sid: a.pipeline for sid, a in self._attached.items()}
+            cameras = {sid: a.source.config.camera for sid, a in self._attached.items()
+                       if a.source.config.camera is not None}
         by_pipeline: dict[str, list[Frame]] = collections.defaultdict(list)
         for f in frames:
             by_pipeline[pipeline_of.get(f.stream_id, self.default_pipeline)].append(f)
         for name, pipeline_frames in by_pipeline.items():
             pipeline = self.pipelines[name]
-            output = pipeline.process(pipeline_frames, self.device)
+            output = pipeline.process(pipeline_frames, self.device, cameras)
             for failure in output.failures:
                 self._report_failure(failure)
             if not output.results:
@@ -392,7 +394,7 @@ class Engine:
             for slot in pipeline.detached:
                 worker = self._detached[id(slot.stage)]
                 for frame, result in zip(output.frames, output.results):
-                    worker.submit(frame, result.objects)
+                    worker.submit(frame, result.objects, cameras.get(frame.stream_id))
 
     def _report_failure(self, failure: StageFailure) -> None:
         self.metrics.record_error(failure.stream_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +17,7 @@ import torch
 from amodal.engine.preprocess import prepare_inputs
 from amodal.engine.stage import RatePolicy, Stage, StageBatch, StageError
 from amodal.errors import ConfigError
-from amodal.types import Frame, FrameResult, ObjectResult
+from amodal.types import CameraIntrinsics, Frame, FrameResult, ObjectResult
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,13 @@ class Pipeline:
         """A pipeline of stage instances, each with its default rate policy unless given as a ``StageSlot``."""
         return cls(name, [s if isinstance(s, StageSlot) else StageSlot(s, s.default_rate) for s in stages])
 
-    def process(self, frames: Sequence[Frame], device: torch.device) -> PipelineOutput:
-        """Run the synchronous stages on ``frames`` (one preprocessing per distinct declared input)."""
+    def process(self, frames: Sequence[Frame], device: torch.device,
+                cameras: Mapping[str, CameraIntrinsics] | None = None) -> PipelineOutput:
+        """Run the synchronous stages on ``frames`` (one preprocessing per distinct declared input); ``cameras``:
+        the streams' camera intrinsics, where their sources set them."""
         specs = [s.stage.input_spec for s in self.sync if s.stage.input_spec is not None]
-        batch = StageBatch(tuple(frames), tuple(() for _ in frames), prepare_inputs(frames, specs, device))
+        batch = StageBatch(tuple(frames), tuple(() for _ in frames), prepare_inputs(frames, specs, device),
+                           cameras or {})
         stage_ms: dict[str, float] = {}
         failures: list[StageFailure] = []
         for slot in self.sync:
@@ -138,7 +141,7 @@ class Pipeline:
             if len(alive) < len(batch):
                 batch = batch.select(alive)
                 objects = [objects[i] for i in alive]
-            batch = StageBatch(batch.frames, tuple(objects), batch.inputs)  # type: ignore[arg-type]
+            batch = StageBatch(batch.frames, tuple(objects), batch.inputs, batch.cameras)  # type: ignore[arg-type]
             if not batch.frames:
                 break
         output = PipelineOutput(list(batch.frames), failures=failures)

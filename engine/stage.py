@@ -31,7 +31,7 @@ import torch
 
 from amodal.errors import ConfigError, EngineError
 from amodal.kernels.preprocess import LetterboxGeometry
-from amodal.types import Frame, ObjectResult
+from amodal.types import CameraIntrinsics, Frame, ObjectResult
 
 #: what stages fill and need: objects, their visible masks, per-stream track ids, tracked objects of the person
 #: class, amodal masks, occluder masks, occlusion levels, occlusion layers, ReID embeddings, global identities
@@ -98,11 +98,13 @@ class PreparedInput:
 @dataclass(frozen=True, eq=False)
 class StageBatch:
     """What a stage receives: the frames of one micro-batch, the objects the stages before it produced for each
-    frame (empty tuples before the primary stage), and the prepared inputs the pipeline's stages declared."""
+    frame (empty tuples before the primary stage), the prepared inputs the pipeline's stages declared, and the
+    cameras of the streams whose sources set one (``camera:``)."""
 
     frames: tuple[Frame, ...]
     objects: tuple[tuple[ObjectResult, ...], ...]
     inputs: Mapping[InputSpec, PreparedInput] = field(default_factory=dict)
+    cameras: Mapping[str, CameraIntrinsics] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.objects) != len(self.frames):
@@ -122,7 +124,8 @@ class StageBatch:
         """The sub-batch of frames ``indexes`` (inputs sliced alike)."""
         inputs = {spec: PreparedInput(tuple(p.images[i] for i in indexes), tuple(p.geometries[i] for i in indexes))
                   for spec, p in self.inputs.items()}
-        return StageBatch(tuple(self.frames[i] for i in indexes), tuple(self.objects[i] for i in indexes), inputs)
+        return StageBatch(tuple(self.frames[i] for i in indexes), tuple(self.objects[i] for i in indexes), inputs,
+                          self.cameras)
 
 
 @dataclass(frozen=True)

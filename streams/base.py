@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from amodal.errors import ConfigError
-from amodal.types import Frame, StreamEvent
+from amodal.types import CameraIntrinsics, Frame, StreamEvent
 
 OverflowPolicy = Literal["block", "drop-oldest"]
 
@@ -52,6 +52,7 @@ class SourceConfig:
     # one frame at most 300 MB (RGB) / 200 MB (16-bit), so a tiny file declaring 40000 x 40000 cannot take GBs
     max_image_pixels: int = 100_000_000
     pipeline: str | None = None  # the engine pipeline this source runs through (None = the engine's default)
+    camera: CameraIntrinsics | None = None  # intrinsics K or field of view, for stages that reason in 3-D (eoras)
 
     def __post_init__(self) -> None:
         if not self.uri:

@@ -1,8 +1,9 @@
 """``eoras``: amodal completion of tracked objects (EoRaS), a secondary stage after a tracking stage (``ovis``).
 
 Per micro-batch, every tracked object with a visible mask is cropped from its frame (``enlarge`` × its box, the
-model's input size, ``roi_align``) with the crop's intrinsics — the stream's K from the settings, else the
-``hfov_deg`` fallback — and all tracks of all streams run through one batched step of the model, each track
+model's input size, ``roi_align``) with the crop's intrinsics — the source's ``camera:`` setting (K or a field of
+view), else the stream's K from these settings, else the ``hfov_deg`` fallback — and all tracks of all streams run
+through one batched step of the model, each track
 carrying its own slots from frame to frame.  A track that appears twice in a micro-batch (two frames of its stream)
 is stepped twice, in frame order.  The amodal probabilities are pasted back into frame coordinates and thresholded;
 the published ``amodal_mask`` is that mask united with the object's visible mask (what is seen is part of the
@@ -44,7 +45,7 @@ from amodal.models.eoras import (
     load_eoras,
     paste_masks,
 )
-from amodal.types import ObjectResult
+from amodal.types import CameraIntrinsics, ObjectResult
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,17 @@ class EoRaSStage(Stage):
         super().start(device)
         self.loaded.model.to(device).eval()
 
-    def image_intrinsics(self, stream_id: str, width: int, height: int) -> torch.Tensor:
+    def image_intrinsics(self, stream_id: str, width: int, height: int,
+                         camera: CameraIntrinsics | None = None) -> torch.Tensor:
+        """float32[3, 3] pixel K of a stream: its source's ``camera.K``, else this stage's ``intrinsics`` for the
+        stream, else from a field of view (the source's ``camera.hfov_deg``, else this stage's ``hfov_deg``)."""
+        if camera is not None and camera.K is not None:
+            return torch.as_tensor(camera.K, dtype=torch.float32)
         K = dict(self.settings.intrinsics).get(stream_id)
         if K is not None:
             return torch.as_tensor(K, dtype=torch.float32)
-        return intrinsics_from_fov(width, height, self.settings.hfov_deg)
+        hfov = camera.hfov_deg if camera is not None else self.settings.hfov_deg
+        return intrinsics_from_fov(width, height, hfov)
 
     def track_state(self, stream_id: str, track_id: int) -> EoRaSTrackState | None:
         """The carried state of a track (None when it has none)."""
@@ -166,8 +173,9 @@ class EoRaSStage(Stage):
                                           self.config.enlarge)
                 image = images[i].float()
                 crops.append(crop_images(image[None], torch.zeros(1), box.to(image.device), size))
-                Ks.append(crop_intrinsics(self.image_intrinsics(frame.stream_id, frame.width, frame.height),
-                                          box, size))
+                K = self.image_intrinsics(frame.stream_id, frame.width, frame.height,
+                                          batch.cameras.get(frame.stream_id))
+                Ks.append(crop_intrinsics(K, box, size))
                 boxes_all.append(box)
                 states.append(self.track_state(frame.stream_id, int(obj.track_id)))
             outputs, new_states = self.loaded.model.step(states, torch.cat(crops).to(self.device),

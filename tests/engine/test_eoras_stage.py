@@ -6,6 +6,7 @@ and at end of stream.  In windowed mode each frame is completed W − 1 frames o
 model's windowed pass over the clip, and handed over as late results (amendments when detached)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -27,7 +28,7 @@ from amodal.engine.stages.eoras import EoRaSSettings, EoRaSStage
 from amodal.errors import ConfigError
 from amodal.kernels.preprocess import LetterboxGeometry
 from amodal.models.eoras import crop_images, crop_intrinsics, enlarged_crop_boxes, paste_masks
-from amodal.types import Frame, ObjectResult, RLEMask, StreamState
+from amodal.types import CameraIntrinsics, Frame, ObjectResult, RLEMask, StreamState
 
 from tests.support.array_source import ArraySource
 from tests.engine.conftest import free_port
@@ -266,6 +267,12 @@ def test_engine_publishes_windowed_completions_as_amendments_of_their_frames(sce
     _, renders = scene
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     eoras = EoRaSStage(EoRaSSettings(mode="windowed", window=WINDOW))
+    crop_Ks = []
+    step = eoras.loaded.model.step
+    eoras.loaded.model.step = lambda states, crops, K, **kw: crop_Ks.append(K) or step(states, crops, K, **kw)
+    source = ArraySource("cam", FRAMES, images=[r.rgb for r in renders])
+    camera = CameraIntrinsics(K=((300.0, 0.0, 150.0), (0.0, 300.0, 90.0), (0.0, 0.0, 1.0)))
+    source.config = dataclasses.replace(source.config, camera=camera)
     engine = Engine(EngineConfig(publish=endpoint, max_batch_size=2),
                     pipelines={"default": [GroundTruthTracker(renders), eoras]})
     got = []
@@ -273,7 +280,7 @@ def test_engine_publishes_windowed_completions_as_amendments_of_their_frames(sce
         engine.start()
         time.sleep(0.3)
         try:
-            engine.add_source(ArraySource("cam", FRAMES, images=[r.rgb for r in renders]))
+            engine.add_source(source)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 m = sub.recv(0.2)
@@ -299,3 +306,26 @@ def test_engine_publishes_windowed_completions_as_amendments_of_their_frames(sce
                 assert (obj.amodal_mask.decode() | obj.mask.decode()).sum() == obj.amodal_mask.decode().sum()
                 amended.add((a.frame_index, obj.track_id))
     assert amended == {(t, o.track_id) for t, r in frames.items() for o in r.objects}
+    # the source's camera reached the stage: the first crop's K is the camera's K cut to that crop
+    first = _objects(renders[0])[0]
+    h, w = renders[0].rgb.shape[:2]
+    box = enlarged_crop_boxes(torch.tensor([first.box_xyxy]), w, h, eoras.config.enlarge)
+    assert torch.allclose(crop_Ks[0][0], crop_intrinsics(torch.tensor(camera.K), box, eoras.config.input_size)[0])
+
+
+def test_a_source_camera_comes_first_then_the_stage_settings_then_the_field_of_view():
+    st = EoRaSStage(EoRaSSettings(intrinsics={"cam": [[500, 0, 80], [0, 500, 60], [0, 0, 1]]}, hfov_deg=90))
+    assert st.image_intrinsics("cam", 160, 120)[0, 0] == 500
+    assert st.image_intrinsics("cam", 160, 120, CameraIntrinsics(K=((200, 0, 80), (0, 200, 60), (0, 0, 1))))[0, 0] == 200
+    assert st.image_intrinsics("other", 160, 120)[0, 0] == pytest.approx(80.0)  # hfov 90°: f = w / 2
+    assert st.image_intrinsics("other", 160, 120, CameraIntrinsics(hfov_deg=60))[0, 0] == pytest.approx(
+        80 / np.tan(np.radians(30)))
+    config = EngineConfig.from_dict({"sources": [{"uri": "a.mp4", "stream_id": "a", "camera": {"hfov_deg": 70}},
+                                                 {"uri": "b.mp4", "stream_id": "b",
+                                                  "camera": {"K": [[300, 0, 160], [0, 300, 96], [0, 0, 1]]}}]})
+    assert config.sources[0].camera == CameraIntrinsics(hfov_deg=70)
+    assert config.sources[1].camera.K[0] == (300.0, 0.0, 160.0)
+    for bad, message in [({"K": [[1, 2], [3, 4]]}, "3x3"), ({}, "exactly one"), ({"hfov_deg": 200}, "hfov_deg"),
+                         ({"fov": 60}, "unknown key")]:
+        with pytest.raises(ConfigError, match=message):
+            EngineConfig.from_dict({"sources": [{"uri": "a.mp4", "stream_id": "a", "camera": bad}]})
