@@ -47,17 +47,18 @@ def _pipeline_from_flags(args: argparse.Namespace, base: EngineConfig) -> tuple[
     elif len(base.pipelines) == 1:
         pipeline = base.pipelines[0]
     else:
-        if args.weights or args.score_threshold is not None or args.reid_weights or args.gallery or args.query_endpoint:
+        if (args.weights or args.score_threshold is not None or args.sam_path or args.reid_weights or args.gallery
+                or args.query_endpoint):
             raise ConfigError("the config has several pipelines: set stage settings in its pipelines: section")
         return base.pipelines
-    primary = {"weights": args.weights, "score_threshold": args.score_threshold}
+    primary = {"weights": args.weights, "score_threshold": args.score_threshold, "sam_path": args.sam_path}
     reid = {"weights": args.reid_weights, "gallery_path": args.gallery, "query_endpoint": args.query_endpoint}
     stages = []
     for i, stage in enumerate(pipeline.stages):
         overrides = reid if stage.name == "reid" else primary if i == 0 else {}
         overrides = {k: v for k, v in overrides.items() if v is not None and hasattr(stage.settings, k)}
         stages.append(dataclasses.replace(stage, settings=dataclasses.replace(stage.settings, **overrides)))
-    unused = [f"--{k.replace('_', '-')}" for k, v in primary.items() if v is not None
+    unused = [f"--{'sam' if k == 'sam_path' else k.replace('_', '-')}" for k, v in primary.items() if v is not None
               and not hasattr(pipeline.stages[0].settings, k)]
     if unused:
         raise ConfigError(f"{', '.join(unused)} do not apply to stage {pipeline.stages[0].name!r}")
@@ -112,6 +113,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--analyzer", help="legacy one-stage pipeline (reid means ovis,reid)")
     p.add_argument("--weights", help="local weights file for the first stage")
     p.add_argument("--score-threshold", type=float, help="the first stage's detection threshold")
+    p.add_argument("--sam", dest="sam_path", metavar="PATH",
+                   help="xray: a local SamModel.save_pretrained folder, the SAM the weights were trained on")
     p.add_argument("--reid-weights", help="reid: MBF weights file (default: the shipped ones)")
     p.add_argument("--gallery", help="reid: gallery file, restored at start and saved while running")
     p.add_argument("--query-endpoint", help="reid: ZeroMQ endpoint for gallery queries (amodal query)")
@@ -122,6 +125,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-subscribers-timeout", type=float, metavar="S", help="give up waiting after S seconds (default 10)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics (/metrics) and health (/health) on 127.0.0.1:PORT (config metrics_host for others)")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="serve the live view (page, MJPEG video, REST API to add/remove sources) on HOST:PORT; off by default")
+    p.add_argument("--http-token-file", metavar="FILE",
+                   help="bearer token every HTTP request must carry; required when --http listens beyond loopback")
     p.add_argument("--max-frames", type=int, help="stop each source after N frames")
     p.add_argument("--config", help="YAML config (sources with per-source settings, pipelines, batching)")
     p.add_argument("--batch-size", type=int, help="max micro-batch size")
@@ -142,10 +149,20 @@ def main(argv: list[str]) -> int:
 
     try:
         config = build_config(args)
-        if not config.sources:
+        if not config.sources and not args.http:  # with --http, sources can come later (POST /streams)
             print("amodal run: no sources (give --source or a config with sources:)", file=sys.stderr)
             return 2
-        engine = Engine(config)
+        view = None
+        if args.http:
+            from amodal.engine.web import LiveView, web_settings
+
+            view = LiveView(web_settings(args.http, args.http_token_file),
+                            stream_down_s=config.health_stream_down_s, stall_s=config.health_stall_s)
+        elif args.http_token_file:
+            raise ConfigError("--http-token-file needs --http")
+        engine = Engine(config, sinks=[view] if view is not None else ())
+        if view is not None:
+            view.attach(engine)
         engine.start()
     except EngineError as exc:
         print(f"amodal run: error: {exc}", file=sys.stderr)
@@ -159,6 +176,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     pipelines = "; ".join(f"{p.name}: {','.join(p.stage_names)}" for p in config.pipelines)
     print(f"amodal: {len(config.sources)} source(s) → {pipelines} on {engine.device} → {engine.publisher.bound_endpoint}", file=sys.stderr)
+    if view is not None:
+        print(f"amodal: live view at {view.url}/", file=sys.stderr)
     while not stop.is_set() and not engine.wait(0.2):
         pass
     engine.stop()

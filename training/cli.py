@@ -1,4 +1,4 @@
-"""``amodal train CONFIG.yaml [--resume] [--out DIR] [--max-steps N] [--device cpu|cuda]``.
+"""``amodal train CONFIG.yaml [--resume] [--out DIR] [--max-steps N] [--device cpu|cuda] [--sam PATH]``.
 
 Multi-GPU / multi-node with the same config: ``torchrun --nproc_per_node=8 -m amodal.training.cli CONFIG.yaml``.
 Without ``--resume`` an ``out_dir`` that already holds checkpoints is refused; with it, training continues from
@@ -20,7 +20,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", dest="out_dir", help="output folder (overrides out_dir)")
     p.add_argument("--max-steps", type=int, help="overrides max_steps (the lr schedule follows it)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="overrides device")
+    p.add_argument("--sam", dest="sam_path", metavar="PATH",
+                   help="xray task: start from a local SamModel.save_pretrained folder (overrides task_config.model.sam_path)")
     return p
+
+
+def with_sam_path(config, sam_path: str):
+    """``config`` with ``task_config.model.sam_path`` set (``--sam``); ConfigError for a task without a SAM."""
+    import dataclasses
+
+    if config.task != "xray":
+        raise ConfigError(f"--sam applies to the xray task, not {config.task!r}")
+    model = dict(config.task_config.get("model") or {})
+    model["sam_path"] = str(sam_path)
+    return dataclasses.replace(config, task_config={**config.task_config, "model": model})
 
 
 def main(argv: list[str]) -> int:
@@ -32,6 +45,8 @@ def main(argv: list[str]) -> int:
 
     try:
         config = load_train_config(args.config, out_dir=args.out_dir, max_steps=args.max_steps, device=args.device)
+        if args.sam_path is not None:
+            config = with_sam_path(config, args.sam_path)
         last = latest_checkpoint(config.out_path)
         if last is not None and not args.resume:
             raise ConfigError(f"{config.out_path} already holds checkpoints (newest {last.name}); pass --resume or another --out")

@@ -23,7 +23,14 @@ from amodal.types import ObjectResult
 @dataclass(frozen=True)
 class XraySettings(DetectionSettings):
     """Weights: a safetensors file written by ``amodal train`` with ``task: xray`` (None = the shipped tiny
-    synthetic-data weights).  Occluder masks are cut at ``mask_threshold`` as the item masks are."""
+    synthetic-data weights).  Occluder masks are cut at ``mask_threshold`` as the item masks are.
+
+    ``sam_path``: a local ``SamModel.save_pretrained`` folder (facebook/sam-vit-base|large|huge as downloaded
+    elsewhere; ``amodal run --sam PATH``) — the SAM the weights were trained on.  It is loaded first and the weights
+    file over it, so a file that leaves out the frozen SAM weights (``amodal.models.xray.trained_state``) can be
+    served; its architecture must match the file's record.  None: the weights file holds everything."""
+
+    sam_path: str | None = None
 
 
 class XrayStage(Stage):
@@ -34,8 +41,10 @@ class XrayStage(Stage):
 
     def __init__(self, settings: XraySettings | None = None, loaded: LoadedXray | None = None) -> None:
         self.settings = settings or XraySettings()
-        self.loaded = loaded if loaded is not None else load_xray(resolve_weights(self.settings.weights,
-                                                                                  self.shipped_weights))
+        if loaded is None:
+            weights = resolve_weights(self.settings.weights, self.shipped_weights)
+            loaded = load_xray(weights, sam_path=self.settings.sam_path)
+        self.loaded = loaded
         self.class_names = self.loaded.config.class_names
         self.bilayer = self.loaded.config.bilayer
         self.fills = frozenset({"objects", "masks"} | ({"occluder_masks", "occlusion_levels"} if self.bilayer

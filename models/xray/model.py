@@ -38,7 +38,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from amodal.errors import ConfigError
+from amodal.errors import CheckpointError, ConfigError
 from amodal.models.weights import load_model_record, load_state_strict
 from amodal.models.xray.config import XraySamConfig
 from amodal.models.xray.sam import (
@@ -411,11 +411,51 @@ class LoadedXray:
     metadata: dict[str, Any]
 
 
-def load_xray(path: str | Path) -> LoadedXray:
+#: the config fields that fix the SAM architecture (what ``config_with_sam_architecture`` reads from a folder)
+SAM_ARCHITECTURE_FIELDS = ("encoder_hidden", "encoder_layers", "encoder_heads", "encoder_mlp_dim", "encoder_window",
+                           "encoder_global_layers", "patch_size", "embed_dim", "decoder_layers", "decoder_heads",
+                           "decoder_mlp_dim", "decoder_iou_hidden")
+
+
+def frozen_sam_keys(model: XraySam) -> set[str]:
+    """State keys of the SAM weights that training never changes (the encoder's frozen base weights, the
+    positional encoding): what a weights file may leave to ``sam_path`` (see ``trained_state``)."""
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    return {k for k in model.state_dict() if k in frozen and k.startswith(("encoder.", "positional."))}
+
+
+def trained_state(model: XraySam) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` without ``frozen_sam_keys``: with a real SAM ViT-B behind it the file shrinks from
+    the whole SAM (~360 MB in fp32) to the LoRA adapters, the FPN, the heads and the decoders; serve it with the
+    same SAM folder as ``sam_path``."""
+    frozen = frozen_sam_keys(model)
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_xray(path: str | Path, sam_path: str | Path | None = None) -> LoadedXray:
     """Rebuild the segmenter from a safetensors file whose metadata record holds ``config``; fp16 files load as
-    fp32.  CheckpointError for a missing, truncated or foreign file or mismatched tensors; no SAM folder is read."""
+    fp32.  CheckpointError for a missing, truncated or foreign file or mismatched tensors.
+
+    Without ``sam_path`` no SAM folder is read: the file must hold every tensor.  With ``sam_path`` (a local
+    ``SamModel.save_pretrained`` folder) the SAM is loaded from there first — its architecture must be the one the
+    file was trained with (CheckpointError naming the fields that differ) — and the file's tensors are loaded over
+    it; the file may then leave out the frozen SAM weights (``trained_state``), which come from the folder."""
     state, metadata, config = load_model_record(path, XraySamConfig, "X-ray bilayer SAM")
-    config = dataclasses.replace(config, sam_path=None)
-    model = XraySam(config)
-    load_state_strict(model, state, path)
-    return LoadedXray(model.eval(), config, metadata)
+    if sam_path is None:
+        config = dataclasses.replace(config, sam_path=None)
+        model = XraySam(config)
+        load_state_strict(model, state, path)
+        return LoadedXray(model.eval(), config, metadata)
+    folder_config = config_with_sam_architecture(dataclasses.replace(config, sam_path=str(sam_path)))
+    differ = [f"{name}: file {getattr(config, name)} vs folder {getattr(folder_config, name)}"
+              for name in SAM_ARCHITECTURE_FIELDS if getattr(config, name) != getattr(folder_config, name)]
+    if differ:
+        raise CheckpointError(f"{path} was trained on another SAM architecture than {sam_path}: {'; '.join(differ)}")
+    model = XraySam(folder_config)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state) - frozen_sam_keys(model))
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} trained tensors that {sam_path} cannot give "
+                              f"(e.g. {missing[:3]})")
+    load_state_strict(model, {**own, **state}, path)
+    return LoadedXray(model.eval(), folder_config, metadata)
