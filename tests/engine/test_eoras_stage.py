@@ -18,7 +18,7 @@ from amodal.engine.config import EngineConfig
 from amodal.engine.detached import DetachedStage
 from amodal.engine.engine import Engine
 from amodal.engine.stage import Stage
-from amodal.schema import AmendmentMessage, FrameMessage, StatusMessage
+from amodal.schema import AmendmentMessage, FrameMessage
 from amodal.engine.engine import build_pipelines
 from amodal.engine.config import PipelineConfig, StageConfig
 from amodal.engine.pipeline import Pipeline, StageSlot
@@ -28,9 +28,10 @@ from amodal.engine.stages.eoras import EoRaSSettings, EoRaSStage
 from amodal.errors import ConfigError
 from amodal.kernels.preprocess import LetterboxGeometry
 from amodal.models.eoras import crop_images, crop_intrinsics, enlarged_crop_boxes, paste_masks
-from amodal.types import CameraIntrinsics, Frame, ObjectResult, RLEMask, StreamState
+from amodal.types import CameraIntrinsics, Frame, ObjectResult, RLEMask
 
 from tests.support.array_source import ArraySource
+from tests.support.subscribe import drain
 from tests.engine.conftest import free_port
 from amodal.world.street import VideoConfig, render_frame, scene_for
 
@@ -275,22 +276,14 @@ def test_engine_publishes_windowed_completions_as_amendments_of_their_frames(sce
     source.config = dataclasses.replace(source.config, camera=camera)
     engine = Engine(EngineConfig(publish=endpoint, max_batch_size=2),
                     pipelines={"default": [GroundTruthTracker(renders), eoras]})
-    got = []
     with Subscriber(endpoint) as sub:
         engine.start()
         time.sleep(0.3)
         try:
             engine.add_source(source)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                m = sub.recv(0.2)
-                if m is not None:
-                    got.append(m)
-                if isinstance(m, StatusMessage) and m.event.state == StreamState.ENDED:
-                    break
+            got = drain(sub, {"cam"}, timeout_s=60)
             engine.stop()  # the detached stage completes what it holds at the end of the stream
-            while (m := sub.recv(0.5)) is not None:
-                got.append(m)
+            got += drain(sub, set(), extra_s=1.0)
         finally:
             engine.stop()
     frames = {m.result.frame_index: m.result for m in got if isinstance(m, FrameMessage)}

@@ -27,6 +27,7 @@ from amodal.streams.base import SourceConfig
 from amodal.types import Frame, ObjectResult, StreamState
 
 from tests.support.array_source import ArraySource
+from tests.support.subscribe import drain
 from tests.engine.conftest import free_port
 
 AMODAL = [sys.executable, "-m", "amodal.cli"]
@@ -72,23 +73,6 @@ class Layerer(Stage):
         self.eos.append(stream_id)
 
 
-def _drain(sub: Subscriber, streams: set[str], timeout_s: float = 30.0, extra_s: float = 0.0) -> list:
-    got, ended, deadline = [], set(), time.monotonic() + timeout_s
-    while ended != streams and time.monotonic() < deadline:
-        m = sub.recv(0.2)
-        if m is None:
-            continue
-        got.append(m)
-        if isinstance(m, StatusMessage) and m.event.state in (StreamState.ENDED, StreamState.REMOVED):
-            ended.add(m.event.stream_id)
-    end = time.monotonic() + extra_s
-    while time.monotonic() < end:
-        m = sub.recv(0.1)
-        if m is not None:
-            got.append(m)
-    return got
-
-
 def _frames(got, stream: str) -> list[FrameMessage]:
     return [m for m in got if isinstance(m, FrameMessage) and m.result.stream_id == stream]
 
@@ -112,7 +96,7 @@ def test_two_pipelines_in_one_engine_each_get_only_their_own_fields(endpoint, tm
     with Subscriber(endpoint) as sub:
         engine.start()
         try:
-            got = _drain(sub, {"cam", "belt"})
+            got = drain(sub, {"cam", "belt"})
         finally:
             engine.stop()
     cam, belt = _frames(got, "cam"), _frames(got, "belt")
@@ -196,7 +180,7 @@ def test_a_stage_that_raises_for_one_stream_leaves_the_others_served(endpoint):
         try:
             engine.add_source(ArraySource("bad", 30, interval_s=0.001))
             engine.add_source(ArraySource("good", 30, interval_s=0.001))
-            got = _drain(sub, {"bad", "good"}, extra_s=0.5)  # an end-of-stream hook runs after "ended"
+            got = drain(sub, {"bad", "good"}, extra_s=0.5)  # an end-of-stream hook runs after "ended"
         finally:
             engine.stop()
     assert [m.result.frame_index for m in _frames(got, "good")] == list(range(30))
@@ -265,7 +249,7 @@ def test_slow_stage_results_arrive_as_amendments_without_delaying_frames(endpoin
         time.sleep(0.3)
         try:
             engine.add_source(ArraySource("cam", 50, interval_s=0.02))
-            got = _drain(sub, {"cam"}, extra_s=1.0)
+            got = drain(sub, {"cam"}, extra_s=1.0)
         finally:
             engine.stop()
     frames = _frames(got, "cam")
