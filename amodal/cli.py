@@ -8,6 +8,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("amodal.cli_run", "run attached sources through an analyzer and publish results"),
     "subscribe": ("amodal.cli_subscribe", "print published results, one JSON line per message"),
+    "view": ("amodal.cli_view", "the live view (page, video, state) of a remote engine's published results"),
     "query": ("amodal.cli_query", "search an engine's person gallery by embedding or image"),
     "keys": ("amodal.cli_keys", "generate CURVE key pairs for engines and clients"),
     "bench": ("amodal.bench.cli", "benchmarks: latency, kernels"),
@@ -15,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("amodal.training.evaluation.cli", "standard evaluators (coco, vis, amodal, reid, layers)"),
     "train": ("amodal.training.cli", "train a model from a training YAML (torchrun for several GPUs)"),
     "convert": ("amodal.cli_convert", "convert a published checkpoint to our weights (eoras)"),
+    "weights": ("amodal.cli_weights", "import a user's own weights (torchvision Mask R-CNN .pth -> safetensors)"),
 }
 
 
