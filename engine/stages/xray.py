@@ -16,6 +16,7 @@ import torch
 from amodal.engine.postprocess import encode_masks
 from amodal.engine.stage import InputSpec, Stage, StageBatch
 from amodal.engine.stages.common import DetectionSettings, detections_to_objects, resolve_weights
+from amodal.errors import ConfigError
 from amodal.models.xray import LoadedXray, XrayDetections, load_xray
 from amodal.types import ObjectResult
 
@@ -28,9 +29,21 @@ class XraySettings(DetectionSettings):
     ``sam_path``: a local ``SamModel.save_pretrained`` folder (facebook/sam-vit-base|large|huge as downloaded
     elsewhere; ``amodal run --sam PATH``) — the SAM the weights were trained on.  It is loaded first and the weights
     file over it, so a file that leaves out the frozen SAM weights (``amodal.models.xray.trained_state``) can be
-    served; its architecture must match the file's record.  None: the weights file holds everything."""
+    served; its architecture must match the file's record.  None: the weights file holds everything.
+
+    ``attention``: SAM's attention implementation — ``sdpa`` (torch), ``eager``, or ``dispatcher`` (our
+    ``amodal.kernels.attention`` registered with transformers' AttentionInterface: the fused Triton kernel on CUDA);
+    None keeps the weights' record (``sdpa``)."""
 
     sam_path: str | None = None
+    attention: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from amodal.models.xray.config import ATTENTION_IMPLEMENTATIONS
+
+        if self.attention is not None and self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(f"xray attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
 
 
 class XrayStage(Stage):
@@ -43,7 +56,7 @@ class XrayStage(Stage):
         self.settings = settings or XraySettings()
         if loaded is None:
             weights = resolve_weights(self.settings.weights, self.shipped_weights)
-            loaded = load_xray(weights, sam_path=self.settings.sam_path)
+            loaded = load_xray(weights, sam_path=self.settings.sam_path, attention=self.settings.attention)
         self.loaded = loaded
         self.class_names = self.loaded.config.class_names
         self.bilayer = self.loaded.config.bilayer

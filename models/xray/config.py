@@ -12,6 +12,8 @@ from amodal.settings import build_settings
 PIDRAY_CLASSES: tuple[str, ...] = ("Baton", "Pliers", "Hammer", "Powerbank", "Scissors", "Wrench", "Gun", "Bullet",
                                    "Sprayer", "HandCuffs", "Knife", "Lighter")
 
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "dispatcher")
+
 
 @dataclass(frozen=True)
 class XraySamConfig:
@@ -26,6 +28,9 @@ class XraySamConfig:
     besides LoRA — none for a real SAM (the paper); all of them in the tiny config, which has no pretrained SAM
     behind it (with its random ViT frozen and only LoRA, patch embedding and neck trained, 800 CPU steps reached
     mask AP 0.0007: the boxes were found but hardly ever classified).
+    ``attention``: how SAM's attention layers compute (transformers' ``attn_implementation``): ``sdpa`` (torch),
+    ``eager``, or ``dispatcher`` — our ``amodal.kernels.attention`` dispatcher registered with transformers'
+    ``AttentionInterface`` (``models/xray/attention.py``; the fused Triton kernel on CUDA).  It changes no weight.
     ``bilayer`` False is the single-decoder ablation (no occluder branch).  ``mask_loss_region``: ``image`` scores
     each RoI's mask over the whole input (the paper); ``box`` scores it inside the RoI's box only (28 × 28 RoIAlign
     of logits and target, as Mask R-CNN does) and cuts predicted masks to their boxes — the tiny configuration's
@@ -74,6 +79,7 @@ class XraySamConfig:
     bilayer: bool = True
     occluder_loss_weight: float = 0.25
     mask_threshold: float = 0.5
+    attention: str = "sdpa"
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -103,6 +109,8 @@ class XraySamConfig:
             raise ConfigError(f"mask_loss_region must be image or box, got {self.mask_loss_region!r}")
         if self.occluder_loss_weight < 0.0:
             raise ConfigError(f"occluder_loss_weight must be ≥ 0, got {self.occluder_loss_weight}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ConfigError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
 

@@ -432,15 +432,21 @@ def trained_state(model: XraySam) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
-def load_xray(path: str | Path, sam_path: str | Path | None = None) -> LoadedXray:
+def load_xray(path: str | Path, sam_path: str | Path | None = None, attention: str | None = None) -> LoadedXray:
     """Rebuild the segmenter from a safetensors file whose metadata record holds ``config``; fp16 files load as
     fp32.  CheckpointError for a missing, truncated or foreign file or mismatched tensors.
 
     Without ``sam_path`` no SAM folder is read: the file must hold every tensor.  With ``sam_path`` (a local
     ``SamModel.save_pretrained`` folder) the SAM is loaded from there first — its architecture must be the one the
     file was trained with (CheckpointError naming the fields that differ) — and the file's tensors are loaded over
-    it; the file may then leave out the frozen SAM weights (``trained_state``), which come from the folder."""
+    it; the file may then leave out the frozen SAM weights (``trained_state``), which come from the folder.
+    ``attention`` (``sdpa``, ``eager``, ``dispatcher``) overrides the record's attention implementation."""
     state, metadata, config = load_model_record(path, XraySamConfig, "X-ray bilayer SAM")
+    if attention is not None:
+        try:
+            config = dataclasses.replace(config, attention=attention)
+        except ConfigError as exc:
+            raise ConfigError(f"xray attention: {exc}") from exc
     if sam_path is None:
         config = dataclasses.replace(config, sam_path=None)
         model = XraySam(config)

@@ -40,8 +40,19 @@ def sam_config(config: XraySamConfig):
     decoder = SamMaskDecoderConfig(hidden_size=config.embed_dim, mlp_dim=config.decoder_mlp_dim,
                                    num_hidden_layers=config.decoder_layers, num_attention_heads=config.decoder_heads,
                                    iou_head_hidden_dim=config.decoder_iou_hidden)
-    return SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
-                     mask_decoder_config=decoder.to_dict())
+    sam = SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
+                    mask_decoder_config=decoder.to_dict())
+    sam._attn_implementation = attn_implementation(config.attention)
+    return sam
+
+
+def attn_implementation(attention: str) -> str:
+    """transformers' ``attn_implementation`` for ``XraySamConfig.attention`` (registering our dispatcher first)."""
+    if attention == "dispatcher":
+        from amodal.models.xray.attention import register_dispatcher_attention
+
+        return register_dispatcher_attention()
+    return attention
 
 
 def config_with_sam_architecture(config: XraySamConfig) -> XraySamConfig:
@@ -102,7 +113,7 @@ def _resize_position_tables(state: dict[str, torch.Tensor], target: dict[str, to
     return out
 
 
-def load_sam_folder(path: str | Path, image_size: int):
+def load_sam_folder(path: str | Path, image_size: int, attention: str = "sdpa"):
     """A ``SamModel`` from a local ``save_pretrained`` folder, adapted to ``image_size`` × ``image_size`` input.
 
     Raises CheckpointError when the folder is missing or is not a SAM checkpoint."""
@@ -112,7 +123,8 @@ def load_sam_folder(path: str | Path, image_size: int):
     if not (path / "config.json").is_file():
         raise CheckpointError(f"sam_path {path}: no config.json; expected a folder written by SamModel.save_pretrained")
     try:
-        pretrained = SamModel.from_pretrained(str(path), local_files_only=True)
+        pretrained = SamModel.from_pretrained(str(path), local_files_only=True,
+                                              attn_implementation=attn_implementation(attention))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"sam_path {path}: cannot load a SamModel: {exc}") from exc
     v = pretrained.config.vision_config
@@ -122,6 +134,7 @@ def load_sam_folder(path: str | Path, image_size: int):
     patch = v.patch_size if isinstance(v.patch_size, int) else v.patch_size[0]
     if image_size % patch:
         raise CheckpointError(f"image_size {image_size} is not a multiple of the SAM patch size {patch}")
+    config._attn_implementation = attn_implementation(attention)
     config.vision_config.image_size = image_size
     config.prompt_encoder_config.image_size = image_size
     config.prompt_encoder_config.image_embedding_size = image_size // patch
@@ -136,7 +149,7 @@ def build_sam(config: XraySamConfig):
     from transformers import SamModel
 
     if config.sam_path is not None:
-        return load_sam_folder(config.sam_path, config.image_size)
+        return load_sam_folder(config.sam_path, config.image_size, config.attention)
     model = SamModel(sam_config(config))
     init_from_scratch(model)
     return model
