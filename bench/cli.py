@@ -14,6 +14,7 @@ BENCHES: dict[str, list[str]] = {
     "xray": ["amodal.bench.xray"],
     "layers-samplers": ["amodal.bench.layers_samplers"],
     "reliability": ["amodal.bench.reliability"],
+    "web": ["amodal.bench.web_viewers"],
     "real": ["amodal.bench.real_footage.evaluate"],
     "kernels": [
         "amodal.bench.kernels.bench_correlation",
@@ -27,7 +28,7 @@ KERNEL_OPS = {m.rsplit("bench_", 1)[1]: m for m in BENCHES["kernels"]}
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
-        print("usage: amodal bench latency [ARGS] | amodal bench analyzer --analyzer NAME [ARGS] | amodal bench gallery [ARGS] | amodal bench query [ARGS] | amodal bench pipeline [--part NAME] | amodal bench eoras [ARGS] | amodal bench xray [ARGS] | amodal bench reliability [--part fuzz-media|fuzz-messages|rtsp-restarts|soak] [--out DIR] [SIZES] | amodal bench real [--weights NAME=DIR] | amodal bench kernels [--op NAME] [--out DIR] [ARGS]")
+        print("usage: amodal bench latency [ARGS] | amodal bench analyzer --analyzer NAME [ARGS] | amodal bench gallery [ARGS] | amodal bench query [ARGS] | amodal bench pipeline [--part NAME] | amodal bench eoras [ARGS] | amodal bench xray [ARGS] | amodal bench reliability [--part fuzz-media|fuzz-messages|rtsp-restarts|soak] [--out DIR] [SIZES] | amodal bench real [--weights NAME=DIR] | amodal bench web [--seconds S] [--rounds N] | amodal bench kernels [--op NAME] [--out DIR] [ARGS]")
         print(f"kernel ops: {', '.join(KERNEL_OPS)}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]

@@ -2,13 +2,15 @@
 
 Each wanted stream's latest result is drawn with ``amodal.draw.draw_result`` (the drawing of ``--annotate``) over
 its frame — or, where only published results are known (``amodal view``), over a neutral grey canvas of the
-frame's size — scaled down to ``max_width`` and JPEG-encoded with Pillow, at most ``max_fps`` times a second per
+frame's size — at most ``max_width`` pixels wide (frame and masks scaled down before drawing: drawing costs per
+pixel) and JPEG-encoded with Pillow, at most ``max_fps`` times a second per
 stream.  A scanner stream's every bag (up to the ``bags_kept`` latest) also gets a thumbnail.  The engine only
 ever stores a reference into a one-frame slot, so how long this takes bounds the view's frame rate, never the
 engine's.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import threading
@@ -19,7 +21,7 @@ from PIL import Image
 
 from amodal.draw import draw_result
 from amodal.engine.web.state import Bag, LiveState, Pending, bag_items
-from amodal.types import Frame, FrameResult
+from amodal.types import Frame, FrameResult, RLEMask
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +29,39 @@ log = logging.getLogger(__name__)
 NEUTRAL_GREY = 96
 
 
-def render(frame: Frame | None, result: FrameResult) -> np.ndarray:
-    """uint8[H, W, 3]: ``result`` drawn over ``frame`` (None: over a neutral canvas of the result's size)."""
-    if frame is not None:
-        rgb = frame.to_rgb()
-    else:
-        rgb = np.full((max(1, result.height), max(1, result.width), 3), NEUTRAL_GREY, dtype=np.uint8)
-    return draw_result(rgb, result)
+def scale_result(result: FrameResult, width: int, height: int) -> FrameResult:
+    """``result`` at ``width`` x ``height``: boxes scaled, masks resampled (nearest) — so that a large frame is
+    drawn at the size it is shown, not at full size and then shrunk."""
+    if (width, height) == (result.width, result.height):
+        return result
+    sx, sy = result.width / width, result.height / height
+    rows = np.minimum(((np.arange(height) + 0.5) * sy).astype(np.intp), result.height - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * sx).astype(np.intp), result.width - 1)
+
+    def scaled(mask: RLEMask | None) -> RLEMask | None:
+        if mask is None or (mask.height, mask.width) != (result.height, result.width):
+            return None
+        return RLEMask.encode(mask.decode()[rows][:, cols])
+
+    objects = tuple(dataclasses.replace(
+        o, box_xyxy=(o.box_xyxy[0] / sx, o.box_xyxy[1] / sy, o.box_xyxy[2] / sx, o.box_xyxy[3] / sy),
+        mask=scaled(o.mask), amodal_mask=scaled(o.amodal_mask), occluder_mask=scaled(o.occluder_mask))
+        for o in result.objects)
+    return dataclasses.replace(result, objects=objects, width=width, height=height)
+
+
+def render(frame: Frame | None, result: FrameResult, max_width: int | None = None) -> np.ndarray:
+    """uint8[H, W, 3]: ``result`` drawn over ``frame`` (None: over a neutral canvas of the result's size), scaled
+    down first to at most ``max_width`` pixels wide (None: full size)."""
+    width, height = max(1, result.width), max(1, result.height)
+    if max_width is not None and width > max_width:
+        width, height = max_width, max(1, round(height * max_width / width))
+    if frame is None:
+        return draw_result(np.full((height, width, 3), NEUTRAL_GREY, dtype=np.uint8), scale_result(result, width, height))
+    rgb = frame.to_rgb()
+    if (rgb.shape[1], rgb.shape[0]) != (width, height):
+        rgb = np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+    return draw_result(rgb, scale_result(result, width, height))
 
 
 def encode_jpeg(rgb: np.ndarray, max_width: int, quality: int) -> bytes:
@@ -98,7 +126,7 @@ class FrameEncoder:
         """The JPEG, or None when this frame cannot be drawn (counted in ``errors``, logged once per stream)."""
         started = time.perf_counter()
         try:
-            jpeg = encode_jpeg(render(pending.frame, pending.result), width, self.quality)
+            jpeg = encode_jpeg(render(pending.frame, pending.result, width), width, self.quality)
         except Exception:  # noqa: BLE001 - one frame the view cannot draw must not end the view
             self.errors += 1
             if pending.result.stream_id not in self._reported:

@@ -200,3 +200,15 @@ def test_results_alone_show_a_scanner_streams_latest_bags_and_refuse_source_chan
         assert call("DELETE", view.url + "/streams/belt1")[0] == 501
     finally:
         view.close()
+
+
+def test_a_large_frame_is_drawn_at_the_shown_size_with_its_masks_in_place():
+    from amodal.engine.web.encoder import NEUTRAL_GREY, render
+
+    mask = np.zeros((720, 1280), bool)
+    mask[360:720, 640:1280] = True  # the bottom-right quarter
+    obj = ObjectResult(0, "box", 0.9, (640.0, 360.0, 1279.0, 719.0), mask=RLEMask.encode(mask))
+    picture = render(None, FrameResult("s", 0, None, 0, 1280, 720, (obj,)), max_width=320)
+    assert picture.shape == (180, 320, 3)
+    assert np.all(picture[100:170, 170:310] != NEUTRAL_GREY)  # the filled mask, scaled by 1/4
+    assert np.all(picture[20:80, 20:150] == NEUTRAL_GREY)
