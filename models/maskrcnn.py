@@ -1,6 +1,7 @@
 """Mask R-CNN from torchvision's parts: ResNet-50-FPN for fidelity, ResNet-18-FPN, or a tiny trunk for CPU
-tests and demos.  ``build_maskrcnn`` takes one config; ``load_maskrcnn`` rebuilds a model from a weights
-file's metadata record."""
+tests and demos, in torchvision's ``v1`` layout (``maskrcnn_resnet50_fpn``) or ``v2`` layout
+(``maskrcnn_resnet50_fpn_v2``: BatchNorm in the FPN and heads, two-conv RPN head, 4-conv + 1-FC box head).
+``build_maskrcnn`` takes one config; ``load_maskrcnn`` rebuilds a model from a weights file's metadata record."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -13,10 +14,11 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 
-from amodal.errors import CheckpointError, ConfigError
-from amodal.models.weights import load_state_strict, load_weights
+from amodal.errors import ConfigError
+from amodal.models.weights import load_state_strict
 
 BACKBONES = ("resnet50", "resnet18", "tiny")
+VARIANTS = ("v1", "v2")
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,15 @@ class MaskRCNNConfig:
     rpn_post_nms_train: int = 2000
     rpn_post_nms_test: int = 1000
     box_batch_size_per_image: int = 512
+    variant: str = "v1"  # torchvision's layout: v1 = maskrcnn_resnet50_fpn, v2 = maskrcnn_resnet50_fpn_v2
 
     def __post_init__(self) -> None:
         if not self.class_names:
             raise ConfigError("MaskRCNNConfig.class_names is empty")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if len(self.anchor_sizes) != 5:
             raise ConfigError(f"anchor_sizes needs 5 sizes (one per FPN level), got {self.anchor_sizes}")
         if self.min_size <= 0 or self.max_size < self.min_size:
@@ -56,7 +61,12 @@ class MaskRCNNConfig:
         return len(self.class_names) + 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-able fields; ``variant`` only when it is ``v2``, so v1 records read the same as those written
+        before the field existed (the shipped weights' records among them)."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if d["variant"] == "v1":
+            del d["variant"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MaskRCNNConfig":
@@ -85,7 +95,10 @@ class TinyTrunk(nn.Module):
 
 
 def build_backbone(config: MaskRCNNConfig) -> BackboneWithFPN:
-    """An FPN backbone with ``out_channels`` = ``config.fpn_channels`` and 5 levels (P2–P6)."""
+    """An FPN backbone with 5 levels (P2–P6): ``config.fpn_channels`` channels for the tiny trunk, 256 for ResNets
+    (torchvision's).  ResNet trunks use frozen BatchNorm (equal to BatchNorm in eval mode; batches of 1–2 frames
+    cannot train BatchNorm statistics); ``v2`` puts BatchNorm into the FPN as torchvision's ``_v2`` does."""
+    fpn_norm = nn.BatchNorm2d if config.variant == "v2" else None
     if config.backbone == "tiny":
         trunk = TinyTrunk(config.tiny_widths)
         return BackboneWithFPN(
@@ -93,26 +106,50 @@ def build_backbone(config: MaskRCNNConfig) -> BackboneWithFPN:
             return_layers=OrderedDict((f"layer{i}", str(i - 1)) for i in range(1, 5)),
             in_channels_list=list(config.tiny_widths),
             out_channels=config.fpn_channels,
+            norm_layer=fpn_norm,
         )
-    return resnet_fpn_backbone(backbone_name=config.backbone, weights=None, trainable_layers=5)
+    if config.variant == "v1":
+        return resnet_fpn_backbone(backbone_name=config.backbone, weights=None, trainable_layers=5)
+    from torchvision.models import resnet
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    trunk = getattr(resnet, config.backbone)(weights=None, norm_layer=FrozenBatchNorm2d)
+    stage2 = trunk.inplanes // 8  # torchvision's _resnet_fpn_extractor: 256 for ResNet-50, 64 for ResNet-18
+    return BackboneWithFPN(
+        trunk,
+        return_layers=OrderedDict((f"layer{i}", str(i - 1)) for i in range(1, 5)),
+        in_channels_list=[stage2 * 2 ** (i - 1) for i in range(1, 5)],
+        out_channels=256,
+        norm_layer=fpn_norm,
+    )
 
 
 def build_maskrcnn(*, config: MaskRCNNConfig) -> MaskRCNN:
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.models.detection.rpn import RPNHead
 
     backbone = build_backbone(config)
     anchors = AnchorGenerator(tuple((s,) for s in config.anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
     c = backbone.out_channels
     m = config.mask_head_channels
+    if config.variant == "v2":  # torchvision's maskrcnn_resnet50_fpn_v2 heads
+        rpn_head = RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2)
+        box_head = FastRCNNConvFCHead((c, 7, 7), [c] * 4, [config.box_head_dim], norm_layer=nn.BatchNorm2d)
+        mask_head = MaskRCNNHeads(c, (m, m, m, m), 1, norm_layer=nn.BatchNorm2d)
+    else:
+        rpn_head = RPNHead(c, anchors.num_anchors_per_location()[0])
+        box_head = TwoMLPHead(c * 7 * 7, config.box_head_dim)
+        mask_head = MaskRCNNHeads(c, (m, m, m, m), 1)
     return MaskRCNN(
         backbone,
         num_classes=None,
-        box_head=TwoMLPHead(c * 7 * 7, config.box_head_dim),
+        rpn_head=rpn_head,
+        box_head=box_head,
         box_predictor=_box_predictor(config.box_head_dim, config.num_classes),
-        mask_head=MaskRCNNHeads(c, (m, m, m, m), 1),
+        mask_head=mask_head,
         mask_predictor=MaskRCNNPredictor(m, m, config.num_classes),
         rpn_pre_nms_top_n_train=config.rpn_post_nms_train,
         rpn_post_nms_top_n_train=config.rpn_post_nms_train,
@@ -155,21 +192,12 @@ class LoadedModel:
 
 
 def load_maskrcnn(path: str | Path) -> LoadedModel:
-    """Rebuild a Mask R-CNN from a weights file: safetensors with our metadata record, or a torchvision
-    ``maskrcnn_resnet50_fpn`` state dict (``.pth``, loaded weights-only; COCO classes when it has 91)."""
-    state, metadata = load_weights(path)
-    if "config" in metadata:
-        try:
-            config = MaskRCNNConfig.from_dict(metadata["config"])
-        except (TypeError, ConfigError) as exc:
-            raise CheckpointError(f"{path}: metadata config is invalid: {exc}") from exc
-    else:
-        key = "roi_heads.box_predictor.cls_score.weight"
-        if key not in state:
-            raise CheckpointError(f"{path}: no {key!r}: not a Mask R-CNN state dict and no amodal metadata")
-        n = state[key].shape[0] - 1
-        names = tuple(COCO_CATEGORY_NAMES) if n == 90 else tuple(f"class_{i}" for i in range(1, n + 1))
-        config = MaskRCNNConfig(class_names=names)
+    """Rebuild a Mask R-CNN from a weights file: safetensors with our metadata record (``amodal weights import``
+    writes one from torchvision's), or a torchvision ``maskrcnn_resnet50_fpn``/``_v2`` state dict (``.pth``, loaded
+    weights-only, converted on the fly; COCO classes when it has 91)."""
+    from amodal.models.maskrcnn_import import read_detector_weights  # the importer builds on this module
+
+    state, config, metadata = read_detector_weights(path)
     model = build_maskrcnn(config=config)
     load_state_strict(model, state, path)
     return LoadedModel(model=model.eval(), config=config, metadata=metadata)
