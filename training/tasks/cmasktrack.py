@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,12 @@ from amodal.models.cmasktrack import (
     cmasktrack_losses,
 )
 from amodal.models.maskrcnn import MaskRCNNConfig
+from amodal.models.maskrcnn_import import (
+    read_detector_weights,
+    resolve_class_map,
+    transfer_detector_weights,
+    with_source_normalisation,
+)
 from amodal.training.data.ovis import OvisDataset, OvisFrame, OvisVideo
 from amodal.training.data.epochs import epoch_batches
 from amodal.training.evaluation.common import rle_encode
@@ -74,10 +80,21 @@ class CMaskTrackTaskConfig:
     hflip_prob: float = 0.5
     eval_max_videos: int = 0
     eval_score_threshold: float = 0.05
+    variant: str = "v1"
+    init_from: str | None = None
+    class_map: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data_root, str) or not self.data_root:
             raise ConfigError("task_config.data_root must name a dataset directory")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ConfigError(f"task_config.init_from must name a weights file, got {self.init_from!r}")
+        if self.class_map is not None:
+            if self.init_from is None:
+                raise ConfigError("task_config.class_map needs init_from (the weights whose classes it maps)")
+            if not isinstance(self.class_map, dict):
+                raise ConfigError(f"task_config.class_map must map source class names to category names, "
+                                  f"got {type(self.class_map).__name__}")
         for name in ("input_height", "input_width", "max_ref_gap", "max_detections"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"task_config.{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
@@ -110,7 +127,8 @@ class CMaskTrackTaskConfig:
             min_size=min(self.input_height, self.input_width), max_size=max(self.input_height, self.input_width),
             anchor_sizes=self.anchor_sizes, box_head_dim=self.box_head_dim, mask_head_channels=self.mask_head_channels,
             rpn_post_nms_train=self.rpn_post_nms_train, rpn_post_nms_test=self.rpn_post_nms_test,
-            box_batch_size_per_image=self.box_batch_size_per_image, box_detections_per_img=self.max_detections)
+            box_batch_size_per_image=self.box_batch_size_per_image, box_detections_per_img=self.max_detections,
+            variant=self.variant)
         return CMaskTrackConfig(detector=detector, calibration=self.calibration,
                                 calibration_channels=self.calibration_channels, patch_size=self.patch_size,
                                 dilation_patch=self.dilation_patch, track_dim=self.track_dim,
@@ -149,6 +167,10 @@ class CMaskTrackTask:
         self.class_names = tuple(self.train_set.categories[c] for c in self.category_ids)
         self.label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self.model_config = self.config.model_config(self.class_names)
+        self._init_source: tuple[dict[str, torch.Tensor], MaskRCNNConfig, dict[str, Any]] | None = None
+        self.init_report: dict[str, Any] | None = None
+        if self.config.init_from is not None:
+            self._init_source = self._read_init_source()
         self._train_index = self._annotated_frames(self.train_set)
         if not self._train_index:
             raise ConfigError(f"{ann}: no annotated frame in a video of ≥ 2 frames; nothing to train on")
@@ -163,8 +185,33 @@ class CMaskTrackTask:
             out.extend((vid, t) for t in sorted(present))
         return out
 
+    def _read_init_source(self) -> tuple[dict[str, torch.Tensor], MaskRCNNConfig, dict[str, Any]]:
+        """The ``init_from`` weights, checked against the model config (ConfigError naming the keys to change);
+        the model config takes the weights' input normalisation."""
+        state, source, metadata = read_detector_weights(self.config.init_from)
+        own = self.model_config.detector
+        keys = ["backbone", "variant", "box_head_dim", "mask_head_channels"]
+        if source.backbone == "tiny":
+            keys += ["fpn_channels", "tiny_widths"]
+        wrong = [k for k in keys if getattr(own, k) != getattr(source, k)]
+        if wrong:
+            settings = ", ".join(f"{k}: {getattr(source, k)!r} (not {getattr(own, k)!r})" for k in wrong)
+            raise ConfigError(f"task_config does not fit init_from {self.config.init_from}: set {settings}")
+        resolve_class_map(self.config.class_map, source.class_names, self.class_names)  # unknown names fail now
+        detector = with_source_normalisation(own, source)
+        self.model_config = replace(self.model_config, detector=detector)
+        return state, source, metadata
+
     def build_model(self) -> nn.Module:
-        return build_cmasktrack(config=self.model_config)
+        """A fresh model; with ``init_from``, its detector initialised from those weights (``init_report`` says how)."""
+        model = build_cmasktrack(config=self.model_config)
+        if self._init_source is not None:
+            state, source, metadata = self._init_source
+            report = transfer_detector_weights(model, state, source.class_names, self.class_names,
+                                               self.config.class_map)
+            self.init_report = {"init_from": self.config.init_from, "source": metadata.get("source"),
+                                "source_layout": metadata.get("source_layout"), **report.to_dict()}
+        return model
 
     # ------------------------------------------------------------------ data
 
@@ -229,6 +276,7 @@ class CMaskTrackTask:
                               "task_config": {k: list(v) if isinstance(v, tuple) else v
                                               for k, v in asdict(self.config).items()}},
             "metric": "video AP (OVIS protocol, online inference, past-frame calibration)",
+            **({"initialised_from": self.init_report} if self.init_report is not None else {}),
         }
 
 
