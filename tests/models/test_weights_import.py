@@ -81,6 +81,9 @@ def test_import_then_the_stage_gives_torchvisions_detections(saved, variant, tmp
     assert meta["classes"] == coco and len(coco) == 90 and coco.count("N/A") == 10
     assert meta["source"] == "torchvision COCO" and MaskRCNNConfig.from_dict(meta["config"]).variant == variant
     assert meta["normalisation"]["mean"] == [0.485, 0.456, 0.406] and meta["input_size"]["min_size"] == 160
+    assert amodal_main(["weights", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert '"source": "torchvision COCO"' in shown and '"source_sha256":' in shown and '"class_names"' not in shown
     # every tensor arrives unchanged under its name (BatchNorm counters excepted: bookkeeping)
     theirs = reference.state_dict()
     assert all(torch.equal(state[k], v) for k, v in theirs.items() if not k.endswith("num_batches_tracked"))
