@@ -17,7 +17,7 @@ import numpy as np
 from amodal.engine.stage import Stage, StageBatch
 from amodal.streams.base import FrameSink, Source, SourceConfig
 from amodal.training.data.synth.persons import PersonsConfig, make_camera, render_person_image
-from amodal.training.data.synth.persons_body import sample_identity
+from amodal.world.persons_body import sample_identity
 from amodal.types import Frame, ObjectResult, StreamEvent, StreamState
 
 GAP_PX = 16

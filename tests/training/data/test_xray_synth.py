@@ -13,7 +13,7 @@ from scipy import ndimage
 from amodal.errors import ConfigError
 from amodal.training.data.coco import load_coco_instances, read_image
 from amodal.training.data.synth import xray
-from amodal.training.data.synth.shapes2d import Box, Pose
+from amodal.world.shapes2d import Box, Pose
 from amodal.training.data.synth.xray_items import ITEM_BUILDERS, PIDRAY_CLASSES, Component, Part, render_components
 from amodal.training.data.synth.xray_physics import Detector, measure, pseudo_colour
 
@@ -157,7 +157,7 @@ def test_config_is_validated():
 
 
 def test_separable_fold_field_matches_direct_evaluation():
-    from amodal.training.data.synth.shapes2d import Ellipse, Wobbly
+    from amodal.world.shapes2d import Ellipse, Wobbly
 
     blob = Wobbly(Ellipse(0, 0, 50, 30), ((5.0, 0.05, 0.3, 1.0), (3.0, 0.03, 2.0, 0.2)))
     gy, gx = np.mgrid[0:37, 0:53].astype(float)

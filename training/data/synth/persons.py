@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from amodal.errors import ConfigError
 from amodal.training.data.synth.contact import save_grid
-from amodal.training.data.synth.persons_body import VIEWS, Identity, draw_person, sample_identity
-from amodal.training.data.synth.shapes2d import Box, Ellipse, Pose, Shape, rasterise
+from amodal.world.persons_body import VIEWS, Identity, draw_person, sample_identity
+from amodal.world.shapes2d import Box, Ellipse, Pose, Shape, rasterise
 
 GENERATOR_VERSION = 1
 MARKER = "amodal_dataset.json"

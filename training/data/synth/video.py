@@ -64,12 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--held-out-split", default=d.held_out_split)
     parser.add_argument("--depth", action="store_true", help="also write MOVi depth_full_*.tiff (float32 metres)")
     parser.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
+    parser.add_argument("--style", default=d.style, choices=("flat", "camera", "mixed"),
+                        help="flat: the first world; camera: photographs, articulated people, vehicles, street "
+                             "furniture and camera effects; mixed: camera for 3 videos in 4")
 
 
 def config_from_args(args: argparse.Namespace) -> VideoConfig:
     return VideoConfig(frames=args.frames, width=args.width, height=args.height, objects_min=args.objects_min,
                        objects_max=args.objects_max, split=args.split, held_out_fraction=args.split_held_out,
-                       held_out_split=args.held_out_split, depth=args.depth, jpeg_quality=args.jpeg_quality)
+                       held_out_split=args.held_out_split, depth=args.depth, jpeg_quality=args.jpeg_quality,
+                       style=args.style)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +272,7 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
     track_buckets = {b: sum(r.track_buckets.count(b) for r in results) for b in BUCKETS}
     labels = {lab: sum(r.labels.count(lab) for r in results) for lab in OCCLUSION_LABELS}
     marker = {
-        "kind": "video", "seed": seed, "n": n, "generator_version": GENERATOR_VERSION,
+        "kind": "video", "seed": seed, "n": n, "generator_version": GENERATOR_VERSION, "style": cfg.style,
         "frames": cfg.frames, "width": cfg.width, "height": cfg.height, "categories": R.coco_categories(),
         "splits": splits, "ovis_annotations": {s: f"annotations/{s}.json" for s in splits}, "movi_root": "movi",
         "occlusion_thresholds": {"no_occlusion_below": NO_OCCLUSION_MAX_LEVEL,

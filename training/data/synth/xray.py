@@ -29,7 +29,7 @@ from amodal.errors import ConfigError
 from amodal.training.data.coco import load_coco_instances, mask_to_polygons, mask_to_rle, segmentation_to_mask
 from amodal.training.data.occlusion_annotation import OcclusionRule, occluder_masks
 from amodal.training.data.synth.contact import PALETTE, outline, save_grid, tint, to_display_rgb
-from amodal.training.data.synth.shapes2d import Pose
+from amodal.world.shapes2d import Pose
 from amodal.training.data.synth.xray_items import (
     ITEM_BUILDERS,
     PIDRAY_CLASSES,

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from amodal.training.data.synth.shapes2d import (
+from amodal.world.shapes2d import (
     Band,
     Box,
     Capsule,

@@ -1,4 +1,5 @@
-"""2-D signed-distance primitives and their rasterisation (X-ray items and articulated persons).
+"""2-D signed-distance primitives and their rasterisation (X-ray items and articulated persons of the street
+world and the ReID persons).
 
 A shape lives in its own local frame (units of the caller: millimetres for X-ray items, body units for
 persons); ``Pose`` places it in the image (pixels, pixel centres at (x + 0.5, y + 0.5), y down).

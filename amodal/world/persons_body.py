@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amodal.training.data.synth.shapes2d import Box, Capsule, Ellipse, Polygon, Pose, Shape, rasterise
+from amodal.world.shapes2d import Box, Capsule, Ellipse, Polygon, Pose, Shape, rasterise
 
 HEAD, UPPER, LOWER, SHOES = 1, 2, 3, 4
 VIEWS: tuple[str, ...] = ("front", "back", "side")
@@ -220,16 +220,24 @@ def body_parts(ident: Identity, view: str, phase: float) -> list[BodyPart]:
 class DrawnBody:
     amodal: np.ndarray  # bool[H, W], the full body silhouette (hidden parts included)
     labels: np.ndarray  # uint8[H, W], parsing labels of the body as drawn (0 where not body)
+    painted: np.ndarray | None = None  # bool[H, W], every part's pixels (carried bags included)
 
 
 def draw_person(
     canvas: np.ndarray, ident: Identity, pose: Pose, view: str, phase: float, *, shade: bool = True
 ) -> DrawnBody:
     """Paint ``ident`` onto float32 canvas[H, W, 3] (in place); ``pose.scale`` = pixels per body height."""
+    return draw_parts(canvas, body_parts(ident, view, phase), pose, shade=shade)
+
+
+def draw_parts(canvas: np.ndarray, parts: list[BodyPart], pose: Pose, *, shade: bool = True) -> DrawnBody:
+    """Paint ``parts`` back to front onto float32 canvas[H, W, 3] (in place, anti-aliased); the amodal mask is the
+    union of the parts with a label ≠ 0 (pixel centres inside), ``labels`` the label on top at each of its pixels."""
     h, w = canvas.shape[:2]
     amodal = np.zeros((h, w), dtype=bool)
+    painted = np.zeros((h, w), dtype=bool)
     labels = np.zeros((h, w), dtype=np.uint8)
-    for part in body_parts(ident, view, phase):
+    for part in parts:
         r = rasterise(part.shape, pose, h, w)
         if r is None:
             continue
@@ -242,7 +250,8 @@ def draw_person(
         canvas[win] = (1 - cov) * canvas[win] + cov * colour
         inside = r.inside()
         labels[win] = np.where(inside, part.label, labels[win])
+        painted[win] |= inside
         if part.label:
             amodal[win] |= inside
     labels[~amodal] = 0
-    return DrawnBody(amodal, labels)
+    return DrawnBody(amodal, labels, painted)

@@ -1,0 +1,92 @@
+"""The camera-like street world: exact masks with articulated people, vehicles and street furniture in the way;
+the camera effects keep pixel ownership; the H.264 round trip is deterministic; no person photographs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amodal.errors import ConfigError
+from amodal.world import photos, vehicles
+from amodal.world.camera_fx import CameraFX, h264_roundtrip
+from amodal.world.clutter import sample_item
+from amodal.world.persons_body import sample_identity
+from amodal.world.street import (Camera, Scene, SceneObject, VideoConfig, make_background, make_camera,
+                                 render_frame, scene_for)
+
+
+def _scene(objects: tuple[SceneObject, ...], clutter=(), fx: CameraFX = CameraFX()) -> Scene:
+    rng = np.random.default_rng(5)
+    cam: Camera = make_camera(rng, 160, 96)
+    return Scene(cam, objects, make_background(rng, cam), "light", 1.0, 0.0, 1.0, 0.0, 0.0, 1, clutter, fx)
+
+
+def _obj(category: str, x: float, y: float, view: str, look, height: float, width: float) -> SceneObject:
+    return SceneObject(category, height, width, np.array([x, y]), np.zeros(2), 0.0, 0.0, 0.0, 1, (), view, look)
+
+
+def test_person_behind_a_car_behind_a_pole_masks_are_exact():
+    rng = np.random.default_rng(0)
+    person = _obj("person", 0.0, 6.0, "front", sample_identity(rng), 1.75, 0.5)
+    car = _obj("car", 0.3, 4.8, "back", vehicles.sample_look(rng, "car"), 1.5, 1.8)
+    pole = sample_item(rng, 0.2, 3.5, "pole")
+    fr = render_frame(_scene((person, car), (pole,)), 0, 2)
+    assert fr.amodal[0].sum() > 100 and fr.amodal[1].sum() > 100
+    # the car hides part of the person; the pole hides part of both: those pixels are nobody's
+    vis_person, vis_car = fr.visible_ids == 0, fr.visible_ids == 1
+    assert (fr.amodal[0] & fr.amodal[1]).any()
+    assert not (vis_person & fr.amodal[1]).any()
+    assert (vis_person <= fr.amodal[0]).all() and (vis_car <= fr.amodal[1]).all()
+    hidden_by_pole = fr.amodal[1] & (fr.visible_ids == -1)
+    assert hidden_by_pole.any()
+    assert (fr.depth_m[hidden_by_pole] < fr.object_depth_m[1] * 1.5).all()
+
+
+def test_camera_effects_change_pixels_not_masks():
+    rng = np.random.default_rng(1)
+    objs = (_obj("person", -0.5, 8.0, "side", sample_identity(rng), 1.7, 0.5),
+            _obj("car", 1.0, 10.0, "side", vehicles.sample_look(rng, "van"), 2.2, 5.0))
+    clean = render_frame(_scene(objs), 0, 2)
+    rough = render_frame(_scene(objs, fx=CameraFX(background_blur_px=2.0, blur_px=1.0, noise_std=0.03, crf=35,
+                                                  soften=1.8, vignette=0.3, gamma=1.2)), 0, 2)
+    np.testing.assert_array_equal(clean.visible_ids, rough.visible_ids)
+    np.testing.assert_array_equal(clean.amodal, rough.amodal)
+    assert np.abs(clean.rgb.astype(int) - rough.rgb.astype(int)).mean() > 2
+
+
+def test_h264_round_trip_is_deterministic_and_lossy():
+    rgb = (np.random.default_rng(2).random((48, 66, 3)) * 255).astype(np.uint8)  # odd sizes: edge kept as is
+    a, b = h264_roundtrip(rgb, 30), h264_roundtrip(rgb, 30)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == rgb.shape and not np.array_equal(a, rgb)
+    np.testing.assert_array_equal(h264_roundtrip(rgb, 0), rgb)
+
+
+def test_scenes_render_people_from_every_side_at_realistic_sizes():
+    cfg = VideoConfig(frames=4, width=320, height=192, objects_min=4, objects_max=8, style="camera")
+    views, heights = set(), []
+    for k in range(12):
+        scene = scene_for(3, k, cfg)
+        fr = render_frame(scene, 2, cfg.frames)
+        for i, obj in enumerate(scene.objects):
+            if obj.category == "person":
+                views.add(obj.view)
+                rows = np.flatnonzero(fr.amodal[i].any(axis=1))
+                if rows.size and 0 < rows[0] and rows[-1] < cfg.height - 1:  # whole body in view
+                    heights.append(rows[-1] + 1 - rows[0])
+    assert views == {"side", "front", "back"}
+    assert min(heights) < 30 and max(heights) > 60
+
+
+def test_no_photograph_shows_people_vehicles_or_animals():
+    names = set(photos.TEXTURES + photos.PICTURES)
+    assert not names & {"astronaut.png", "camera.png", "motorcycle_left.png", "chelsea.png", "horse.png"}
+    patch = photos.random_patch(np.random.default_rng(0), 20, 30)
+    assert patch.shape == (20, 30, 3) and 0 <= patch.min() and patch.max() <= 1
+
+
+def test_styles_flat_by_default_mixed_draws_both_and_unknown_is_refused():
+    assert scene_for(3, 0, VideoConfig(frames=4)).style == "flat"
+    styles = [scene_for(3, k, VideoConfig(frames=4, style="mixed")).style for k in range(16)]
+    assert set(styles) == {"flat", "camera"} and styles.count("camera") > styles.count("flat")
+    with pytest.raises(ConfigError, match="--style"):
+        VideoConfig(style="cartoon")
