@@ -29,6 +29,8 @@ from amodal.settings import build_settings, field_names
 from amodal.streams.base import SourceConfig
 
 DEFAULT_PIPELINE = "default"
+#: ``decode:`` settings: sources in worker processes (default) or on engine threads
+DECODE_MODES = ("processes", "threads")
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,13 @@ class EngineConfig:
     metrics_host: str = "127.0.0.1"
     health_stream_down_s: float = 30.0
     health_stall_s: float = 10.0
+    # where sources decode: "processes" (each source in its own worker process, frames through shared memory;
+    # amodal.streams.worker) or "threads" (a thread of the engine process each; for debugging)
+    decode: str = "processes"
 
     def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ConfigError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.max_batch_size <= 0:
             raise ConfigError(f"max_batch_size must be > 0, got {self.max_batch_size}")
         if self.max_wait_ms < 0:

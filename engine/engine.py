@@ -32,6 +32,7 @@ from amodal.schema import validate_stream_id
 from amodal.security import is_loopback_endpoint
 from amodal.streams.base import Source, SourceConfig
 from amodal.streams.open import open_source
+from amodal.streams.worker import run_in_worker
 from amodal.types import Amendment, Frame, FrameResult, StreamEvent, StreamState
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,8 @@ class Engine:
         pipeline = self._pipeline_of(config.pipeline, f"source {config.stream_id}")
         if isinstance(source, SourceConfig):
             source = open_source(source)
+        if self.config.decode == "processes":  # same Source contract; decoding runs in a worker process
+            source = run_in_worker(source)
         with self._ready:
             if config.stream_id in self._queues:
                 raise ConfigError(f"stream {config.stream_id!r} is already attached")

@@ -104,6 +104,20 @@ class SourceQueue:
             self._items.append(event)
             self._ready.notify_all()
 
+    def record_dropped(self, index: int, label: str | None = None) -> None:
+        """A frame the source dropped before it reached the queue (a decode worker with every shared-memory slot
+        still held downstream): counted and named in the same ``dropped`` notices as the queue's own drops."""
+        with self._ready:
+            previous = self._items[-1] if self._items else None
+            if isinstance(previous, _DropNotice):
+                previous.dropped.append((index, label))
+            else:
+                notice = _DropNotice(self.stream_id, self.capacity)
+                notice.dropped.append((index, label))
+                self._items.append(notice)
+            self.dropped += 1
+            self._ready.notify_all()
+
     def _drop_oldest_frame(self) -> None:
         """Replace the oldest queued frame by a ``dropped`` notice (merged into the notice just before it)."""
         for i, item in enumerate(self._items):
