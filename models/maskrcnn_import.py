@@ -228,7 +228,8 @@ def read_detector_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Ma
     rows = int(state[_CLS_KEY].shape[0])
     names = None if rows == len(COCO_CATEGORY_NAMES) + 1 else tuple(f"class_{i}" for i in range(1, rows))
     converted, config = torchvision_to_amodal(state, path, class_names=names)
-    return converted, config, {"source": SOURCE if names is None else "torchvision", "source_layout": LAYOUTS[config.variant]}
+    metadata = {"source": SOURCE if names is None else "torchvision", "source_layout": LAYOUTS[config.variant]}
+    return converted, config, metadata
 
 
 # ---------------------------------------------------------------------------------------------- initialisation
@@ -296,7 +297,7 @@ def transfer_detector_weights(model: nn.Module, source_state: Mapping[str, torch
     missing_heads = sorted(k for k in CLASS_ROWS if k not in source_state or k not in detector)
     if missing_heads:
         problems.append(f"class-specific tensors missing: {', '.join(missing_heads)}")
-    for key, per_class in CLASS_ROWS.items():
+    for key in CLASS_ROWS:
         if key in source_state and key in detector and source_state[key].shape[1:] != detector[key].shape[1:]:
             problems.append(f"{key}: rows of {tuple(source_state[key].shape[1:])} in the source vs "
                             f"{tuple(detector[key].shape[1:])} in the model")
@@ -321,5 +322,6 @@ def transfer_detector_weights(model: nn.Module, source_state: Mapping[str, torch
 
 
 def with_source_normalisation(config: MaskRCNNConfig, source: MaskRCNNConfig) -> MaskRCNNConfig:
-    """``config`` with the input normalisation of ``source`` (a model initialised from weights sees inputs as they did)."""
+    """``config`` with the input normalisation of ``source`` (a model initialised from weights sees inputs as they
+    did)."""
     return replace(config, image_mean=source.image_mean, image_std=source.image_std)

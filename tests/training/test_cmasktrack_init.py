@@ -65,13 +65,18 @@ def test_init_from_copies_the_detector_and_mapped_rows_then_trains(dataset, coco
     assert len(shared) > 300 and all(torch.equal(state[k], source[k]) for k in shared)
     ours = {name: i + 1 for i, name in enumerate(task.class_names)}
     for key, per_class in CLASS_ROWS.items():
+        def ours_row(name, key=key, per_class=per_class):
+            return _rows(state[key], ours[name], per_class)
+
+        def coco_row(name, key=key, per_class=per_class):
+            return _rows(source[key], COCO_LABEL[name], per_class)
+
         assert torch.equal(_rows(state[key], 0, per_class), _rows(source[key], 0, per_class))  # background
-        assert torch.equal(_rows(state[key], ours["person"], per_class), _rows(source[key], COCO_LABEL["person"], per_class))
-        assert torch.equal(_rows(state[key], ours["animal"], per_class), _rows(source[key], COCO_LABEL["dog"], per_class))
-        car = (_rows(source[key], COCO_LABEL["car"], per_class) + _rows(source[key], COCO_LABEL["truck"], per_class)) / 2
-        torch.testing.assert_close(_rows(state[key], ours["car"], per_class), car)
+        assert torch.equal(ours_row("person"), coco_row("person"))
+        assert torch.equal(ours_row("animal"), coco_row("dog"))
+        torch.testing.assert_close(ours_row("car"), (coco_row("car") + coco_row("truck")) / 2)
         for unmapped in ("box", "ball"):  # fresh initialisation, as without init_from
-            assert torch.equal(_rows(state[key], ours[unmapped], per_class), _rows(fresh[key], ours[unmapped], per_class))
+            assert torch.equal(ours_row(unmapped), _rows(fresh[key], ours[unmapped], per_class))
     untouched = [k for k in state if k.startswith(("calibration.", "track_head."))]
     assert untouched and all(torch.equal(state[k], fresh[k]) for k in untouched)
     record = task.export_metadata()["initialised_from"]
