@@ -2,7 +2,7 @@
 
 Public API (imported lazily so that ``import amodal`` stays cheap):
   * ``amodal.Engine``, ``amodal.EngineConfig`` — run sources through an analyzer and publish results;
-  * ``amodal.Subscriber`` — iterate over published results;
+  * ``amodal.Subscriber`` — iterate over published results (``amodal.NatsSubscriber``: from a cluster's JetStream);
   * ``amodal.types`` — the frozen data that crosses components.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ _LAZY = {
     "Engine": ("amodal.engine.engine", "Engine"),
     "EngineConfig": ("amodal.engine.config", "EngineConfig"),
     "Subscriber": ("amodal.subscriber", "Subscriber"),
+    "NatsSubscriber": ("amodal.subscriber_nats", "NatsSubscriber"),
 }
 
 
@@ -25,4 +26,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'amodal' has no attribute {name!r}")
 
 
-__all__ = ["Engine", "EngineConfig", "Subscriber", "__version__"]
+__all__ = ["Engine", "EngineConfig", "NatsSubscriber", "Subscriber", "__version__"]

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("amodal.training.evaluation.cli", "standard evaluators (coco, vis, amodal, reid, layers)"),
     "train": ("amodal.training.cli", "train a model from a training YAML (torchrun for several GPUs)"),
     "convert": ("amodal.cli_convert", "convert a published checkpoint to our weights (eoras)"),
+    "cluster": ("amodal.cli_cluster", "streams on a Ray cluster, results in NATS JetStream (up, run, status, down)"),
     "weights": ("amodal.cli_weights", "import a user's own weights (torchvision Mask R-CNN .pth -> safetensors)"),
 }
 

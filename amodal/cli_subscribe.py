@@ -1,4 +1,7 @@
-"""``amodal subscribe ENDPOINT [--stream ID] [--count N] [--json]``: print published results."""
+"""``amodal subscribe ENDPOINT [--stream ID] [--count N] [--json]``: print published results.
+
+``ENDPOINT`` is an engine's ZeroMQ endpoint (``tcp://...``) or a cluster's NATS servers (``nats://HOST:PORT``,
+comma-separated for several); with NATS, ``--durable NAME`` resumes where the last reader of that name stopped."""
 from __future__ import annotations
 
 import argparse
@@ -153,14 +156,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="exit after this many seconds of silence")
     parser.add_argument("--server-key", help="CURVE: the engine's public certificate file")
     parser.add_argument("--client-cert", help="CURVE: this client's secret certificate file")
+    parser.add_argument("--durable", help="nats:// only: a durable consumer name; a later run with the same name "
+                                          "resumes after the last message this one printed")
     args = parser.parse_args(argv)
+    nats = args.endpoint.startswith("nats://")
+    if args.durable and not nats:
+        parser.error("--durable needs a nats:// endpoint")
     if isinstance(sys.stdout, io.TextIOWrapper):  # a terminal that cannot show a character gets an escape, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
     frames = 0
     try:
-        with Subscriber(args.endpoint, args.stream, status=not args.no_status, metrics=args.metrics,
-                        amendments=not args.no_amendments, timeout_s=args.timeout,
-                        server_public_key=args.server_key, client_cert=args.client_cert) as sub:
+        if nats:
+            from amodal.subscriber_nats import NatsSubscriber
+
+            opened = NatsSubscriber(args.endpoint, args.stream, durable=args.durable, status=not args.no_status,
+                                    metrics=args.metrics, amendments=not args.no_amendments, timeout_s=args.timeout)
+        else:
+            opened = Subscriber(args.endpoint, args.stream, status=not args.no_status, metrics=args.metrics,
+                                amendments=not args.no_amendments, timeout_s=args.timeout,
+                                server_public_key=args.server_key, client_cert=args.client_cert)
+        with opened as sub:
             for message in sub:
                 line = json.dumps(message_to_json(message)) if args.json else summary_line(message)
                 print(line, flush=True)

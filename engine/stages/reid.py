@@ -45,7 +45,9 @@ class ReidSettings:
     before it gets an identity; ``query_endpoint``: ZeroMQ endpoint answering gallery queries (None = none);
     ``min_box_height_px``: shorter person boxes are not embedded; ``track_lost_frames``: a person track not seen for
     this many frames of its stream is ended in the gallery, so its identity can go to a new track of that stream;
-    ``query_limits``: the query endpoint's request, image and rate limits (docs/gallery.md)."""
+    ``query_limits``: the query endpoint's request, image and rate limits (docs/gallery.md); ``gallery``:
+    ``ray://NAME`` = use the cluster's gallery service of that name (one gallery for every node, created by the
+    first stage that asks, with this stage's settings; ``engine/gallery/service.py``), None = a gallery of its own."""
 
     weights: str | None = None
     gallery_path: str | None = None
@@ -57,8 +59,13 @@ class ReidSettings:
     min_box_height_px: float = 16.0
     track_lost_frames: int = 25
     query_limits: QueryLimits = field(default_factory=QueryLimits)
+    gallery: str | None = None
 
     def __post_init__(self) -> None:
+        if self.gallery is not None:
+            from amodal.engine.gallery.service import service_name
+
+            service_name(self.gallery)  # ConfigError unless ray://NAME
         if self.match_threshold is not None and not -1.0 <= self.match_threshold <= 1.0:
             raise ConfigError(f"match_threshold is a cosine similarity in [-1, 1], got {self.match_threshold}")
         if self.min_observations < 1:
@@ -135,7 +142,12 @@ class ReidStage(Stage):
                 dim=self.loaded.model.embedding_dim, match_threshold=self.match_threshold,
                 min_observations=s.min_observations, persist_path=s.gallery_path,
                 save_interval_s=s.save_interval_s if s.gallery_path else 0.0)
-            self._gallery = Gallery.load(s.gallery_path, gallery_config) if s.gallery_path else Gallery(gallery_config)
+            if s.gallery is not None:
+                from amodal.engine.gallery.service import connect_gallery
+
+                self._gallery = connect_gallery(s.gallery, gallery_config)
+            else:
+                self._gallery = Gallery.load(s.gallery_path, gallery_config) if s.gallery_path else Gallery(gallery_config)
         if s.query_endpoint and self._query_server is None:
             from amodal.engine.gallery import QueryServer
 
