@@ -129,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
                    help="serve the live view (page, MJPEG video, REST API to add/remove sources) on HOST:PORT; off by default")
     p.add_argument("--http-token-file", metavar="FILE",
                    help="bearer token every HTTP request must carry; required when --http listens beyond loopback")
+    p.add_argument("--http-max-fps", type=float, default=10.0, metavar="N",
+                   help="draw and encode each watched stream's video at most N times a second (default 10)")
     p.add_argument("--max-frames", type=int, help="stop each source after N frames")
     p.add_argument("--config", help="YAML config (sources with per-source settings, pipelines, batching)")
     p.add_argument("--batch-size", type=int, help="max micro-batch size")
@@ -156,7 +158,7 @@ def main(argv: list[str]) -> int:
         if args.http:
             from amodal.engine.web import LiveView, web_settings
 
-            view = LiveView(web_settings(args.http, args.http_token_file),
+            view = LiveView(web_settings(args.http, args.http_token_file, max_fps=args.http_max_fps),
                             stream_down_s=config.health_stream_down_s, stall_s=config.health_stall_s)
         elif args.http_token_file:
             raise ConfigError("--http-token-file needs --http")

@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("endpoint", help="the engine's publish endpoint, e.g. tcp://10.0.0.7:5555")
     p.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="where to serve the page (default 127.0.0.1:8080)")
     p.add_argument("--http-token-file", metavar="FILE", help="bearer token; required when --http listens beyond loopback")
+    p.add_argument("--http-max-fps", type=float, default=10.0, metavar="N",
+                   help="draw and encode each watched stream at most N times a second (default 10)")
     p.add_argument("--stream", action="append", help="only this stream (repeatable); default all")
     p.add_argument("--bags", action="append", default=[], metavar="ID",
                    help="show this stream's latest bags (scanner streams; those of an xray pipeline are found alone)")
@@ -53,7 +55,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    view = LiveView(web_settings(args.http, args.http_token_file), source=args.endpoint, stall_s=args.stall_s)
+    view = LiveView(web_settings(args.http, args.http_token_file, max_fps=args.http_max_fps), source=args.endpoint, stall_s=args.stall_s)
     for stream_id in args.bags:
         view.state.mark_scanner(stream_id)
     stop = threading.Event()

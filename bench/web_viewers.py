@@ -2,8 +2,8 @@
 in one run.
 
 * engine frames/s: unpaced streams (an H.264 clip decoded in a loop, or the synthetic scene) through an
-  ``identity`` pipeline (the engine's own rate, the heaviest load a view can meet), in four setups run in turn, ``--rounds`` times alternated: no view at all (the reference),
-  the view with no viewer, 5 stalled viewers (connections that open ``/streams/{id}/video`` with a tiny receive
+  ``identity`` pipeline (the engine's own rate, the heaviest load a view can meet), in four setups run in turn,
+  ``--rounds`` times alternated: no view at all (the reference), the view with no viewer, 5 stalled viewers (connections that open ``/streams/{id}/video`` with a tiny receive
   buffer and never read), 5 reading viewers (reading the MJPEG as fast as it comes; their received frames/s too);
 * the per-frame cost of the view's picture (with the scene's 6 objects, visible and amodal masks): the frame and
   masks scaled to the view's width, ``draw_result`` (the ``--annotate`` drawing) and the Pillow JPEG, against

@@ -74,8 +74,8 @@ def test_view_shows_a_secured_remote_engines_streams_from_results_alone(tmp_path
         def both_up():
             status, body = get_json(url + "/streams")
             streams = {s["id"]: s for s in body["streams"]} if status == 200 else {}
-            return (set(streams) >= {"cam1", "cam2"} and all(streams[s]["frames"] > 2 and streams[s]["pipeline"] for s in ("cam1", "cam2"))
-                    and streams)
+            ready = all(s in streams and streams[s]["frames"] > 2 and streams[s]["pipeline"] for s in ("cam1", "cam2"))
+            return ready and streams
 
         streams = wait_until(both_up, 30, "both streams' results in the view")
         assert streams["cam1"]["state"] == "up" and streams["cam1"]["pipeline"] == "default"
