@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.amodal-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv system-deps bench-latency bench-kernels clean
+.PHONY: demo demo-xray test venv system-deps bench-latency bench-kernels clean
 
 $(STAMP): requirements.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ system-deps:
 
 demo: system-deps $(STAMP)
 	$(BIN)/python -m amodal.demo
+
+# a baggage scanner's belt: rendered bags as DICOS files in a hot folder, the xray pipeline, out/demo/annotated.mp4
+demo-xray: system-deps $(STAMP)
+	$(BIN)/python -m amodal.demo --feed xray
 
 test: system-deps $(STAMP)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

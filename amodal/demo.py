@@ -10,6 +10,9 @@
    camera (25 fps, newest frame wins when the model is slower: dropped frames are reported, latency stays bounded);
 3. subscribes like any client: one console line per frame;
 4. ends with the published fps and the capture → subscriber latency (p50 / p99), and the annotated video's path.
+
+``--feed xray`` (``make demo-xray``) runs a baggage scanner's belt instead: rendered bags dropped into a hot folder
+as DICOS files, the ``xray`` pipeline, what was found per bag, the annotated video (``amodal.demo_xray``).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from amodal.types import StreamState
 SHAPES_FEED = SyntheticSpec(scene="shapes", width=256, height=192, fps=25.0, objects=5, seed=7)
 STREET_SEED, STREET_INDEX = 2026, 4  # a medium-occlusion street scene outside every training set (seed 3)
 FEED_FPS = 25
-FEEDS = ("street", "shapes")
+FEEDS = ("street", "shapes", "xray")
 DEFAULT_STAGES = "ovis,eoras"
 
 
@@ -100,13 +103,30 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m amodal.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("out/demo"))
     p.add_argument("--seconds", type=float, default=8.0)
-    p.add_argument("--pipeline", default=DEFAULT_STAGES, help=f"stages, e.g. ovis,reid (default {DEFAULT_STAGES})")
+    p.add_argument("--pipeline", default=None,
+                   help=f"stages, e.g. ovis,reid (default {DEFAULT_STAGES}; xray for --feed xray, or xray,layers)")
     p.add_argument("--analyzer", choices=("ovis", "reid", "maskrcnn", "identity"), help="legacy: one analyzer")
     p.add_argument("--feed", choices=FEEDS, help="default: shapes for maskrcnn, street otherwise")
     p.add_argument("--weights", default=None, help="the first stage's weights (default: the shipped ones)")
     p.add_argument("--fast", action="store_true", help="read the file as fast as possible, every frame analysed "
                                                        "(default: paced at 25 fps like a camera)")
+    xray = p.add_argument_group("--feed xray (a baggage scanner's hot folder)")
+    xray.add_argument("--bags", type=int, default=6, help="bags dropped into the hot folder (default 6)")
+    xray.add_argument("--interval-s", type=float, default=0.5, help="seconds between two bags (default 0.5)")
+    xray.add_argument("--size", type=int, default=256, help="scan size in pixels, square (default 256)")
+    xray.add_argument("--gray16", action="store_true", help="16-bit grayscale DICOS scans instead of 8-bit RGB")
+    xray.add_argument("--score-threshold", type=float, default=0.08,
+                      help="the xray stage's threshold (default 0.08: the shipped tiny weights are weak, their "
+                           "class scores stay low)")
+    xray.add_argument("--max-items", type=int, default=5, help="most items published per bag (default 5)")
+    xray.add_argument("--video-fps", type=int, default=2, help="bags per second in the annotated video (default 2)")
     args = p.parse_args(argv)
+    if args.feed == "xray":
+        from amodal import demo_xray
+
+        args.pipeline = args.pipeline or "xray"
+        return demo_xray.main(args)
+    args.pipeline = args.pipeline or DEFAULT_STAGES
 
     pipeline = _pipeline(args)
     kind = args.feed or ("shapes" if pipeline.stage_names[0] == "maskrcnn" else "street")

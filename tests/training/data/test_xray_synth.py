@@ -14,8 +14,8 @@ from amodal.errors import ConfigError
 from amodal.training.data.coco import load_coco_instances, read_image
 from amodal.training.data.synth import xray
 from amodal.world.shapes2d import Box, Pose
-from amodal.training.data.synth.xray_items import ITEM_BUILDERS, PIDRAY_CLASSES, Component, Part, render_components
-from amodal.training.data.synth.xray_physics import Detector, measure, pseudo_colour
+from amodal.world.xray_items import ITEM_BUILDERS, PIDRAY_CLASSES, Component, Part, render_components
+from amodal.world.xray_physics import Detector, measure, pseudo_colour
 
 TINY = ["--width", "96", "--height", "80", "--items-min", "2", "--items-max", "3", "--clutter-min", "1", "--clutter-max", "2"]
 

@@ -32,7 +32,7 @@ from amodal.world.shapes2d import (
     rasterise,
     rotate_points,
 )
-from amodal.training.data.synth.xray_physics import MATERIALS
+from amodal.world.xray_physics import MATERIALS
 
 # PIDray's 12 classes; ids 1..12 in this order (SYSTEMS §4).
 PIDRAY_CLASSES: tuple[str, ...] = (
