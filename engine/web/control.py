@@ -40,9 +40,9 @@ def source_from_body(body: Any, taken: set[str], where: str = "body") -> SourceC
     entry = dict(body)
     adapters = _field_adapters()
     for key, value in entry.items():  # the JSON types, field by field, so that a wrong type names its field
-        if key in adapters:
+        if key in adapters and not isinstance(value, Mapping):  # (nested sections: build_settings builds them)
             try:
-                adapters[key].validate_python(value, strict=True)
+                adapters[key].validate_python(tuple(value) if isinstance(value, list) else value, strict=True)
             except ValidationError as exc:
                 raise ConfigError(f"{where}.{key}: {exc.errors()[0]['msg']} (got {value!r})") from None
     if "stream_id" not in entry:

@@ -69,8 +69,10 @@ def test_page_in_chromium_shows_streams_live_and_follows_added_and_removed_sourc
         browser.get(view.url + "/")
 
         def state_of(stream_id: str) -> str | None:
-            rows = browser.find_elements(By.CSS_SELECTOR, f'tr[data-stream="{stream_id}"] td.state')
-            return rows[0].text if rows else None
+            """The state cell's text (read in one script: the table is rebuilt every second)."""
+            return browser.execute_script("const c = document.querySelector(arguments[0]); "
+                                          "return c ? c.textContent : null;",
+                                          f'tr[data-stream="{stream_id}"] td.state')
 
         for stream_id in ("cam1", "cam2"):
             wait_until(lambda: (state_of(stream_id) or "").startswith("up"), 15, f"{stream_id} shown as up")
@@ -102,6 +104,7 @@ def test_rest_errors_name_the_field_and_the_stream(endpoint):
         cases = [
             ({"uri": "synthetic://shapes", "max_frames": "ten"}, 400, "body.max_frames"),
             ({"uri": "synthetic://shapes", "colour": "red"}, 400, "colour"),
+            ({"uri": "synthetic://shapes", "camera": {"hfov": 60}}, 400, "body.camera: unknown key hfov"),
             ({"stream_id": "x"}, 400, "uri"),
             ({"uri": "synthetic://shapes", "stream_id": "x", "pipeline": "nope"}, 400, "nope"),
             ({"uri": "gopher://host/x", "stream_id": "x"}, 400, "gopher"),
