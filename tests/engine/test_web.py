@@ -215,3 +215,38 @@ def test_a_large_frame_is_drawn_at_the_shown_size_with_its_masks_in_place():
     assert picture.shape == (180, 320, 3)
     assert np.all(picture[100:170, 170:310] != NEUTRAL_GREY)  # the filled mask, scaled by 1/4
     assert np.all(picture[20:80, 20:150] == NEUTRAL_GREY)
+
+
+def test_amodal_run_http_serves_the_view_with_its_token_and_stops_cleanly(endpoint, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    run = subprocess.Popen([sys.executable, "-m", "amodal.cli", "run", "--source", "cam1=synthetic://shapes?w=96&h=64",
+                            "--pipeline", "identity", "--publish", endpoint, "--http", f"127.0.0.1:{port}",
+                            "--http-token-file", str(token_file)], stderr=subprocess.PIPE, text=True)
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        def listed():
+            try:
+                return call("GET", url + "/streams", headers=auth)[1]["streams"]
+            except OSError:  # not listening yet
+                return None
+
+        streams = wait_until(listed, 60, "the view of amodal run")
+        assert streams[0]["id"] == "cam1"
+        assert call("GET", url + "/streams")[0] == 401
+        assert call("POST", url + "/streams", {"uri": "synthetic://shapes?w=96&h=64", "stream_id": "cam2"},
+                    headers=auth)[0] == 201
+        wait_until(lambda: {s["id"] for s in listed()} == {"cam1", "cam2"}, 15, "cam2 attached")
+    finally:
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=30)
+    assert run.returncode == 0, stderr
+    assert f"live view at {url}/" in stderr
