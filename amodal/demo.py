@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                            "class scores stay low)")
     xray.add_argument("--max-items", type=int, default=5, help="most items published per bag (default 5)")
     xray.add_argument("--video-fps", type=int, default=2, help="bags per second in the annotated video (default 2)")
+    xray.add_argument("--amendments-wait-s", type=float, default=300.0,
+                      help="after the last bag, how long to wait for detached stages' amendments (default 300)")
     args = p.parse_args(argv)
     if args.feed == "xray":
         from amodal import demo_xray

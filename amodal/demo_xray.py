@@ -8,11 +8,14 @@
    ``scanner://`` that folder, publishing on a loopback ZeroMQ port, with the annotated-video sink writing the belt
    (one bag per ``1 / video_fps`` s: item masks, striped occluder masks, boxes, classes, occlusion levels);
 3. subscribes like any client and prints, per bag, what was rendered into it and what the engine found (class,
-   score, share of the item under its occluder), with the bag id the scanner wrote into the file.
+   score, share of the item under its occluder), with the bag id the scanner wrote into the file.  With
+   ``--pipeline xray,layers`` the ``layers`` stage (layered decomposition by diffusion, slow) runs detached on every
+   bag and its layers arrive as amendments after the bag's result (not drawn in the video).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import socket
@@ -23,8 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from amodal.engine.annotate import AnnotatedVideoSink
-from amodal.engine.config import EngineConfig, PipelineConfig, parse_stage_list
+from amodal.engine.config import EngineConfig, PipelineConfig, StageConfig, parse_stage_list
 from amodal.engine.engine import Engine
+from amodal.engine.stage import RatePolicy
+from amodal.engine.stages import STAGES
 from amodal.schema import AmendmentMessage, FrameMessage, StatusMessage
 from amodal.streams.base import SourceConfig
 from amodal.subscriber import Subscriber
@@ -69,6 +74,14 @@ def write_bag_dicos(path: Path, image: np.ndarray, *, bag_id: str, scanner_id: s
     return path
 
 
+def every_bag(stage: StageConfig) -> StageConfig:
+    """A later stage that runs detached by default (``layers``: newest frame only) set to run detached on every
+    bag, so each bag gets its amendment; other stages unchanged."""
+    if stage.rate is None and STAGES[stage.name].factory.default_rate.is_detached:
+        return dataclasses.replace(stage, rate=RatePolicy("every", detached=True))
+    return stage
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,8 +103,7 @@ def _found_line(message: FrameMessage) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run the belt with the parsed ``amodal.demo`` arguments (``bags``, ``interval_s``, ``size``, ``gray16``,
-    ``pipeline``, ``weights``, ``score_threshold``, ``max_items``, ``video_fps``, ``out``)."""
-    import dataclasses
+    ``pipeline``, ``weights``, ``score_threshold``, ``max_items``, ``video_fps``, ``amendments_wait_s``, ``out``)."""
 
     from amodal.world.xray import BagConfig, render_bag
 
@@ -103,8 +115,10 @@ def main(args: argparse.Namespace) -> int:
     first = pipeline.stages[0]
     flags = (("weights", args.weights), ("score_threshold", args.score_threshold), ("max_detections", args.max_items))
     overrides = {k: v for k, v in flags if v is not None and hasattr(first.settings, k)}
+    later = tuple(every_bag(stage) for stage in pipeline.stages[1:])
     pipeline = dataclasses.replace(pipeline, stages=(
-        dataclasses.replace(first, settings=dataclasses.replace(first.settings, **overrides)), *pipeline.stages[1:]))
+        dataclasses.replace(first, settings=dataclasses.replace(first.settings, **overrides)), *later))
+    detached = [s.name for s in pipeline.stages if s.rate is not None and s.rate.is_detached]
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     source = SourceConfig(uri=f"scanner://{belt}?settle_s=0.1", stream_id="belt",
                           max_frames=args.bags, poll_interval_s=0.05)
@@ -115,23 +129,34 @@ def main(args: argparse.Namespace) -> int:
     engine = Engine(config, sinks=[video])
     rendered: dict[str, str] = {}
     found: list[FrameMessage] = []
+    amended: list[AmendmentMessage] = []
     done = threading.Event()
 
     def subscribe() -> None:
+        ended_at: float | None = None
         with Subscriber(endpoint, streams=["belt"]) as sub:
-            for msg in sub:
+            while True:
+                msg = sub.recv(0.2)
+                if ended_at is not None and (len(amended) >= len(found) * len(detached)
+                                             or time.monotonic() - ended_at > args.amendments_wait_s):
+                    break
+                if msg is None:
+                    continue
                 if isinstance(msg, FrameMessage):
                     found.append(msg)
                     bag = msg.result.scan.bag_id if msg.result.scan is not None else None
                     print(f"bag {bag} rendered with: {rendered.get(bag, '?')}", flush=True)
                     print("  " + _found_line(msg), flush=True)
                 elif isinstance(msg, AmendmentMessage):
-                    print(f"  + {msg.amendment.stage}: {len(msg.amendment.objects)} objects added to frame "
-                          f"{msg.amendment.frame_index}", flush=True)
+                    amended.append(msg)
+                    a = msg.amendment
+                    layers = sorted({o.occlusion_layer for o in a.objects if o.occlusion_layer is not None})
+                    print(f"  + {a.stage} on frame {a.frame_index}: {len(a.objects)} objects"
+                          + (f", layers {layers}" if layers else ""), flush=True)
                 elif isinstance(msg, StatusMessage) and msg.event.state == StreamState.ERROR:
                     print(f"[status] {msg.event.reason}", flush=True)
                 elif isinstance(msg, StatusMessage) and msg.event.state == StreamState.ENDED:
-                    break
+                    ended_at = time.monotonic()  # detached stages' amendments may still come
         done.set()
 
     threading.Thread(target=subscribe, daemon=True).start()
@@ -155,7 +180,8 @@ def main(args: argparse.Namespace) -> int:
         print("no bag was published")
         return 1
     items = sum(len(m.result.objects) for m in found)
-    print(f"bags analysed: {len(found)} of {args.bags} in {elapsed_s:.1f} s; items published: {items}")
+    print(f"bags analysed: {len(found)} of {args.bags} in {elapsed_s:.1f} s; items published: {items}"
+          + (f"; amendments from {', '.join(detached)}: {len(amended)}" if detached else ""))
     print(f"annotated video: {annotated.resolve()} ({len(found)} bags at {args.video_fps} per second: item masks, "
           f"striped occluder masks, classes, occlusion levels)")
     return 0
