@@ -20,9 +20,9 @@ from amodal.subscriber import Subscriber
 
 
 def feed(view: LiveView, subscriber: Subscriber, stop: threading.Event) -> None:
-    """Hand every message to the view's state until ``stop``."""
+    """Hand every message to the view's state until ``stop`` (or the view fails)."""
     state = view.state
-    while not stop.is_set():
+    while not stop.is_set() and view.failure is None:
         message = subscriber.recv(0.2)
         if isinstance(message, FrameMessage):
             r = message.result
