@@ -10,6 +10,8 @@ BENCHES: dict[str, list[str]] = {
     "gallery": ["amodal.bench.gallery"],
     "query": ["amodal.bench.query_load"],
     "pipeline": ["amodal.bench.pipeline"],
+    "cluster": ["amodal.bench.cluster"],
+    "decode": ["amodal.bench.decode_workers"],
     "eoras": ["amodal.bench.eoras"],
     "xray": ["amodal.bench.xray"],
     "layers-samplers": ["amodal.bench.layers_samplers"],
@@ -28,7 +30,7 @@ KERNEL_OPS = {m.rsplit("bench_", 1)[1]: m for m in BENCHES["kernels"]}
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
-        print("usage: amodal bench latency [ARGS] | amodal bench analyzer --analyzer NAME [ARGS] | amodal bench gallery [ARGS] | amodal bench query [ARGS] | amodal bench pipeline [--part NAME] | amodal bench eoras [ARGS] | amodal bench xray [ARGS] | amodal bench reliability [--part fuzz-media|fuzz-messages|rtsp-restarts|soak] [--out DIR] [SIZES] | amodal bench real [--weights NAME=DIR] | amodal bench web [--seconds S] [--rounds N] | amodal bench kernels [--op NAME] [--out DIR] [ARGS]")
+        print("usage: amodal bench latency [ARGS] | amodal bench analyzer --analyzer NAME [ARGS] | amodal bench gallery [ARGS] | amodal bench query [ARGS] | amodal bench pipeline [--part NAME] | amodal bench decode [ARGS] | amodal bench eoras [ARGS] | amodal bench xray [ARGS] | amodal bench reliability [--part fuzz-media|fuzz-messages|rtsp-restarts|soak] [--out DIR] [SIZES] | amodal bench real [--weights NAME=DIR] | amodal bench web [--seconds S] [--rounds N] | amodal bench kernels [--op NAME] [--out DIR] [ARGS]")
         print(f"kernel ops: {', '.join(KERNEL_OPS)}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]

@@ -22,9 +22,10 @@ Lifetime of the name (no segment outlives its processes, even under SIGKILL):
 """
 from __future__ import annotations
 
+import math
 import os
 import weakref
-from dataclasses import dataclass
+from typing import NamedTuple
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -40,9 +41,9 @@ def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-@dataclass(frozen=True)
-class PlaneLayout:
-    """Where one plane lies in a slot: byte ``offset`` from the slot start, ``shape`` and numpy ``dtype`` string."""
+class PlaneLayout(NamedTuple):
+    """Where one plane lies in a slot: byte ``offset`` from the slot start, ``shape`` and numpy ``dtype`` string.
+    Crosses the pipe as a plain tuple."""
 
     offset: int
     shape: tuple[int, ...]
@@ -53,7 +54,7 @@ def plane_layout(planes: tuple[np.ndarray, ...]) -> tuple[tuple[PlaneLayout, ...
     """The layout of ``planes`` in one slot and the slot bytes it needs."""
     layout, offset = [], 0
     for plane in planes:
-        layout.append(PlaneLayout(offset, tuple(int(s) for s in plane.shape), plane.dtype.str))
+        layout.append(PlaneLayout(offset, plane.shape, plane.dtype.str))
         offset += _aligned(plane.nbytes)
     return tuple(layout), max(offset, _ALIGN)
 
@@ -153,19 +154,21 @@ class EngineRing:
         self.outstanding: set[int] = set()  # slots handed out as frames and not yet released
         self.retired = False  # the worker moved to another ring or exited: no new frames come from this one
 
-    def planes(self, slot: int, layout: tuple[PlaneLayout, ...]) -> tuple[np.ndarray, ...]:
-        """Views of ``slot``'s planes; the slot is released when the last of them (and of their views) is gone."""
+    def planes(self, slot: int, layout) -> tuple[np.ndarray, ...]:
+        """Views of ``slot``'s planes (``layout``: ``(offset, shape, dtype)`` per plane); the slot is released when
+        the last of them (and of their views) is gone."""
         if not 0 <= slot < self.slots:
             raise ValueError(f"ring {self.name}: slot {slot} outside 0..{self.slots - 1}")
         root = np.ndarray((self.slot_bytes,), np.uint8, buffer=self.shm.buf,
                           offset=self.header_bytes + slot * self.slot_bytes)
         out = []
-        for where in layout:
-            dtype = np.dtype(where.dtype)
-            nbytes = int(np.prod(where.shape, dtype=np.int64)) * dtype.itemsize
-            if where.offset + nbytes > self.slot_bytes:
-                raise ValueError(f"ring {self.name}: plane {where} does not fit a {self.slot_bytes}-byte slot")
-            out.append(root[where.offset:where.offset + nbytes].view(dtype).reshape(where.shape))
+        for offset, shape, dtype in layout:
+            dtype = np.dtype(dtype)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if offset < 0 or offset + nbytes > self.slot_bytes:
+                raise ValueError(f"ring {self.name}: a plane of {nbytes} bytes at {offset} does not fit a "
+                                 f"{self.slot_bytes}-byte slot")
+            out.append(root[offset:offset + nbytes].view(dtype).reshape(shape))
         self.outstanding.add(slot)
         weakref.finalize(root, _release, self.state, self.outstanding, slot)
         return tuple(out)

@@ -37,6 +37,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
@@ -44,7 +45,7 @@ import time
 from amodal.streams.backoff import Backoff
 from amodal.streams.base import FrameSink, OverflowPolicy, Source
 from amodal.streams.events import make_event
-from amodal.streams.shm_ring import EngineRing, PlaneLayout, WorkerRing, plane_layout, ring_name, unlink_worker_segments
+from amodal.streams.shm_ring import EngineRing, WorkerRing, plane_layout, ring_name, unlink_worker_segments
 from amodal.types import Frame, StreamEvent, StreamState
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class _WorkerSink:
         ring.fill(slot, frame.planes, layout)
         meta = {name: getattr(frame, name) for name in _META_FIELDS}
         try:
-            self.send(("frame", self.generation, slot, tuple(dataclasses.astuple(p) for p in layout), meta, label))
+            self.send(("frame", self.generation, slot, tuple(tuple(p) for p in layout), meta, label))
         except OSError:
             return False
         return True
@@ -315,6 +316,8 @@ class WorkerSource(Source):
         self.pid = process.pid
         rings: dict[int, EngineRing] = {}
         frames, done, stop_sent, stop_deadline = 0, False, False, None
+        readable = select.poll()  # one poller for the worker's life (Connection.poll builds a selector per call)
+        readable.register(conn.fileno(), select.POLLIN)
         try:
             while True:
                 if stop.is_set() and not stop_sent:
@@ -324,7 +327,7 @@ class WorkerSource(Source):
                                 process.pid)
                     break
                 _reap_lingering()
-                if not conn.poll(0.05):
+                if not readable.poll(50):
                     continue
                 try:
                     message = conn.recv()
@@ -364,7 +367,7 @@ class WorkerSource(Source):
 
     def _frame(self, message: tuple, rings: dict[int, EngineRing], offset: int) -> Frame:
         _, generation, slot, layout, meta, label = message
-        planes = rings[generation].planes(slot, tuple(PlaneLayout(o, tuple(s), d) for o, s, d in layout))
+        planes = rings[generation].planes(slot, layout)
         meta = dict(meta)
         meta["index"] += offset
         if label is not None:
