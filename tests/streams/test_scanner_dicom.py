@@ -145,11 +145,12 @@ class Probe(Stage):
         return out
 
 
-def test_values_and_identifiers_reach_a_subscriber_through_the_engine(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decode", ["processes", "threads"])
+def test_values_and_identifiers_reach_a_subscriber_through_the_engine(tmp_path: Path, decode: str) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     stored = _stored(2, seed=5)
     write_scan(tmp_path / "bag.dcm", stored, bag_id="BAG-9", scanner_serial="XR-1", series_uid="9.8.7")
-    config = EngineConfig(publish=endpoint, wait_for_subscribers=1, sources=(
+    config = EngineConfig(publish=endpoint, wait_for_subscribers=1, decode=decode, sources=(
         SourceConfig(uri=f"scanner://{tmp_path}?settle_s=0.05", stream_id="belt", pipeline="scanners",
                      max_frames=2),))
     engine = Engine(config, pipelines={"scanners": [Probe()]})
