@@ -6,7 +6,7 @@
       place every source of the site file on a node with the resources it asks for (README, "Cluster")
   amodal cluster status [--json]        nodes, streams, where each runs and its state
   amodal cluster stop [--stream ID]     stop streams (all by default); their queued results are stored first
-  amodal cluster down                   stop the streams, the nats-servers and Ray started by ``up`` on this machine
+  amodal cluster down                   stop the streams, then the nats-servers and Ray processes ``up`` started here
 
 ``up`` keeps what it started in ``--state-dir`` (``state.json``, the nats-server configs, logs and JetStream
 store); the other commands find the Ray cluster there (or at ``--address``).
@@ -41,10 +41,13 @@ def _write_state(state_dir: Path, state: dict) -> None:
     (state_dir / "state.json").write_text(json.dumps(state, indent=2))
 
 
-def _connect(args) -> None:
+def _connect(args, configured: str | None = None) -> None:
+    """Join the Ray cluster: ``--address``, else the site file's ``cluster.address`` (unless ``auto``), else the one
+    ``up`` started (``--state-dir``), else Ray's ``auto``."""
     import ray
 
-    address = args.address or _read_state(Path(args.state_dir)).get("ray_address") or "auto"
+    address = (args.address or (configured if configured not in (None, "auto") else None)
+               or _read_state(Path(args.state_dir)).get("ray_address") or "auto")
     try:
         ray.init(address=address, namespace="amodal", log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError) as exc:
@@ -52,6 +55,29 @@ def _connect(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ up
+def _start_ray(command: list[str], state_dir: Path, timeout_s: float) -> int:
+    """``ray start ... --block`` as a process of its own session (it outlives this command and takes its Ray
+    processes down with it when it gets SIGTERM: ``down`` stops exactly what ``up`` started, never other Ray
+    instances of the machine); its pid once Ray reports it started."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "ray.log"
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        process = subprocess.Popen(command + ["--block"], stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = log_path.read_bytes()[offset:].decode(errors="replace")
+        if "Ray runtime started" in text:
+            return process.pid
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                process.terminate()
+            raise EngineError(f"`ray start` did not start ({'exit ' + str(process.returncode) if process.returncode is not None else 'timeout'}): "
+                              f"{text[-800:]}")
+        time.sleep(0.2)
+
+
 def cmd_up(args) -> int:
     from amodal.engine.cluster.nats_server import NatsServers
 
@@ -73,9 +99,7 @@ def cmd_up(args) -> int:
         if args.resources:
             json.loads(args.resources)  # a clear error before Ray's
             command += [f"--resources={args.resources}"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=180)
-        if result.returncode != 0:
-            raise EngineError(f"`ray start` failed ({result.returncode}): {(result.stderr or result.stdout)[-800:]}")
+        state["ray_pid"] = _start_ray(command, state_dir, args.timeout)
         state["ray_started"] = True
         state["ray_address"] = args.address or f"127.0.0.1:{args.port}"
         print(f"ray: {'joined' if args.address else 'head started at'} {state['ray_address']}")
@@ -97,7 +121,7 @@ def cmd_run(args) -> int:
     from amodal.engine.cluster.placement import place, stream_states
 
     site = SiteConfig.from_yaml(args.config)
-    _connect(args)
+    _connect(args, site.cluster.address)
     handles = place(site, ready_timeout_s=args.timeout)
     states = stream_states(handles)
     for sid, info in states.items():
@@ -167,8 +191,9 @@ def cmd_down(args) -> int:
         import ray
 
         ray.shutdown()
-        subprocess.run(_ray_command() + ["stop"], capture_output=True, text=True, timeout=120)
-        print("ray: stopped")
+        if state.get("ray_pid"):
+            print(f"ray: {'stopped' if stop_pid(state['ray_pid'], timeout_s=60) else 'was not running:'} "
+                  f"pid {state['ray_pid']}")
     for pid in state.get("nats_pids", []):
         print(f"nats: {'stopped' if stop_pid(pid) else 'was not running:'} pid {pid}")
     _write_state(state_dir, {})
@@ -188,6 +213,7 @@ def main(argv: list[str]) -> int:
     up.add_argument("--num-gpus", type=int, default=None)
     up.add_argument("--resources", default=None, help='custom resources of this node, JSON: \'{"camera_node": 8}\'')
     up.add_argument("--no-ray", action="store_true", help="only the nats-server(s)")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds for Ray to start")
     up.add_argument("--nats-servers", type=int, default=1, help="local nats-server processes (0 = none; 3 for a "
                                                                 "replicated JetStream on one machine)")
     up.add_argument("--nats-port", type=int, default=4222, help="client port of the first local nats-server")

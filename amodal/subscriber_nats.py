@@ -43,6 +43,7 @@ __all__ = ["NatsSubscriber", "LoopThread", "STREAM_NAME", "SUBJECT_ROOT", "subje
 STREAM_NAME = "AMODAL"
 SUBJECT_ROOT = "amodal"
 METRICS_SUBJECT = f"{SUBJECT_ROOT}.metrics"
+EPHEMERAL_INACTIVE_S = 3600.0
 _DURABLE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -230,6 +231,8 @@ class NatsSubscriber:
         policy = DeliverPolicy.ALL if deliver == "all" else DeliverPolicy.NEW
         for subject, durable in self._filters():
             config = ConsumerConfig(deliver_policy=policy, ack_wait=ack_wait_s, max_ack_pending=10 * self.batch)
+            if durable is None:  # the server deletes an ephemeral consumer not pulled from for this long (default 5 s)
+                config.inactive_threshold = EPHEMERAL_INACTIVE_S
             subscription = await js.pull_subscribe(subject, durable=durable, stream=self.stream_name, config=config)
             self._consumers.append(_Consumer(subscription, durable or subject))
 
@@ -343,8 +346,8 @@ class NatsSubscriber:
             consumer.fetch = None
             while consumer.pending:
                 await consumer.pending.popleft().nak()
-        if not self._nc.is_closed:
-            await self._nc.drain()
+        if not self._nc.is_closed:  # close, not drain: messages still buffered inside nats-py are redelivered
+            await self._nc.close()
 
     def __enter__(self) -> "NatsSubscriber":
         return self

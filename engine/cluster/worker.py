@@ -70,6 +70,8 @@ class StreamWorker:
         return {"name": self.name, "node_id": self.node_id, "host": self.host, "streams": self.stream_ids,
                 "state": state, "restarted": self.restarted, "started_ns": self.started_ns,
                 "published": sum(self.sink.published.values()), "dropped": self.sink.dropped,
+                "frames_published": sum(n for subject, n in self.sink.published.items()
+                                        if subject.startswith("amodal.frames.")),
                 "metrics": snapshot.get("streams", {})}
 
     def wait(self, timeout_s: float) -> bool:

@@ -155,3 +155,12 @@ def test_subjects_settings_and_site_errors(nats):
         SiteConfig.from_dict({"cluster": {"gpus": 1}, "sources": ["synthetic://shapes"]})
     with pytest.raises(ConfigError, match="no sources"):
         SiteConfig.from_dict({"cluster": {}})
+
+
+def test_an_idle_ephemeral_reader_keeps_its_consumer(nats):
+    """The server deletes an ephemeral consumer not pulled from for its inactivity threshold (5 s by default); the
+    reader sets a long one, so a reader idle while nothing is published still gets what comes next."""
+    with NatsSubscriber(nats.urls, ["late"], deliver="new", status=False) as sub:
+        time.sleep(6.0)
+        _run_engine(nats, "late", 4)
+        assert [m.seq for m in _read(sub, 4, timeout_s=10)] == [0, 1, 2, 3]
