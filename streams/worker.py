@@ -23,7 +23,7 @@ Crashes.  A worker that dies (a decoder segfault, the OOM killer, SIGKILL) is an
 (not fatal) and is started again after the source's backoff (``backoff_initial_s`` … ``backoff_max_s``); the
 other streams have their own workers and never notice.  Live sources continue with the next frame index; files
 resume after the last delivered frame (the new worker decodes from the start and skips what was delivered); a
-file whose restarted worker dies again before delivering a frame ends with a fatal ``error``.
+file whose worker dies twice in a row without delivering a frame ends with a fatal ``error``.
 
 Processes come from the ``forkserver`` context (never a fork of the engine, which has threads and torch); the
 server preloads the source modules so that a (re)start takes milliseconds.  Workers ignore SIGINT (a terminal's
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import logging
 import multiprocessing
 import os
@@ -41,6 +42,8 @@ import select
 import signal
 import threading
 import time
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from multiprocessing.context import set_spawning_popen
 
 from amodal.streams.backoff import Backoff
 from amodal.streams.base import FrameSink, OverflowPolicy, Source
@@ -64,6 +67,42 @@ def mp_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     return ctx
+
+
+class _WorkerPopen(popen_forkserver.Popen):
+    """The forkserver ``Popen`` without re-importing the engine's ``__main__`` in the worker.
+
+    multiprocessing re-runs the parent's main module (as ``__mp_main__``) in every spawned or forkserver child so
+    that functions defined there can be unpickled.  A worker needs none of it (its target and source live in
+    importable modules), and the re-import would cost a program that embeds the engine its whole import time
+    (torch) per worker start, or re-run its engine if it lacks an ``if __name__ == "__main__"`` guard.  There is
+    no public switch, so this is ``popen_forkserver.Popen._launch`` (CPython 3.8-3.12) with the two main-module
+    keys left out of the preparation data.
+    """
+
+    def _launch(self, process_obj) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_name", None)
+        prep_data.pop("init_main_from_path", None)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        _parent_w = os.dup(w)  # the child's sentinel of its parent, as in the original
+        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _WorkerProcess(multiprocessing.context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        return _WorkerPopen(process_obj)
 
 
 def ring_slots(queue_size: int) -> int:
@@ -301,7 +340,7 @@ class WorkerSource(Source):
         conn, child_conn = ctx.Pipe(duplex=True)
         # live streams go on with new indexes; files resume where the engine stopped receiving
         offset, skip = (self._next_index, 0) if self.live else (0, self._next_index)
-        process = ctx.Process(target=worker_main, name=f"amodal-decode-{self.stream_id}", daemon=True,
+        process = _WorkerProcess(target=worker_main, name=f"amodal-decode-{self.stream_id}", daemon=True,
                               args=(child_conn, self.inner, os.getpid(), ring_slots(self.queue_size), self.overflow,
                                     skip))
         try:

@@ -344,3 +344,34 @@ def test_with_every_slot_held_a_live_worker_drops_new_frames_and_a_file_worker_w
     sink.release()  # the slots go back: the worker continues
     runner.join(20)
     assert not runner.is_alive() and sink.seen == list(range(60)) and not sink.dropped
+
+
+class _IndexSink:
+    """Records indexes and events; keeps no frame (each slot goes back at once)."""
+
+    def __init__(self) -> None:
+        self.indexes: list[int] = []
+        self.events = []
+
+    def put_frame(self, frame) -> bool:
+        assert int(frame.planes[0][0, 0, 0]) == frame.index % 256  # the frame's own pixels (ArraySource)
+        self.indexes.append(frame.index)
+        return True
+
+    def put_event(self, event) -> None:
+        self.events.append(event)
+
+
+def test_a_file_whose_worker_is_killed_resumes_after_the_last_delivered_frame() -> None:
+    source = WorkerSource(ArraySource("file", 150, interval_s=0.004))  # a file: block policy, not live
+    sink = _IndexSink()
+    runner = threading.Thread(target=source.run, args=(sink, threading.Event()), daemon=True)
+    runner.start()
+    assert _wait_until(lambda: len(sink.indexes) >= 30, 20)
+    os.kill(source.pid, signal.SIGKILL)
+    runner.join(30)
+    assert not runner.is_alive()
+    assert sink.indexes == list(range(150)), "every frame once, in order, across the restart"
+    errors = [e for e in sink.events if e.state == StreamState.ERROR]
+    assert len(errors) == 1 and not errors[0].fatal and "SIGKILL" in errors[0].reason
+    assert sink.events[-1].state == StreamState.ENDED and source.restarts == 1
