@@ -117,10 +117,16 @@ class EngineConfig:
     # where sources decode: "processes" (each source in its own worker process, frames through shared memory;
     # amodal.streams.worker) or "threads" (a thread of the engine process each; for debugging)
     decode: str = "processes"
+    # with decode: processes, 0 = one worker process per source; N = a pool of N worker processes shared by all
+    # sources (amodal.streams.worker_pool: fewer processes, but a crash restarts every source of that worker)
+    decode_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
             raise ConfigError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+        if not isinstance(self.decode_workers, int) or self.decode_workers < 0:
+            raise ConfigError(f"decode_workers must be an integer >= 0 (0 = a process per source), "
+                              f"got {self.decode_workers!r}")
         if self.max_batch_size <= 0:
             raise ConfigError(f"max_batch_size must be > 0, got {self.max_batch_size}")
         if self.max_wait_ms < 0:

@@ -33,6 +33,7 @@ from amodal.security import is_loopback_endpoint
 from amodal.streams.base import Source, SourceConfig
 from amodal.streams.open import open_source
 from amodal.streams.worker import run_in_worker
+from amodal.streams.worker_pool import DecodePool
 from amodal.types import Amendment, Frame, FrameResult, StreamEvent, StreamState
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class Engine:
             from amodal.engine.annotate import AnnotatedVideoSink
 
             self.sinks.append(AnnotatedVideoSink(config.annotate, per_stream=len(config.sources) != 1))
+        self._decode_pool = (DecodePool(config.decode_workers)
+                             if config.decode == "processes" and config.decode_workers else None)
         self._ready = threading.Condition()
         self._attached: dict[str, _Attached] = {}
         self._queues: dict[str, SourceQueue] = {}
@@ -196,6 +199,8 @@ class Engine:
         for a in attached:
             if a.thread is not None:
                 a.thread.join(max(0.0, deadline - time.monotonic()))
+        if self._decode_pool is not None:  # its sources have stopped
+            self._decode_pool.close(max(1.0, deadline - time.monotonic()))
         if self._loop_thread is not None:
             self._loop_thread.join(max(0.1, deadline - time.monotonic()))
         for worker in self._detached.values():  # slow stages finish what they hold, up to the stop timeout
@@ -229,7 +234,7 @@ class Engine:
         if isinstance(source, SourceConfig):
             source = open_source(source)
         if self.config.decode == "processes":  # same Source contract; decoding runs in a worker process
-            source = run_in_worker(source)
+            source = run_in_worker(source, self._decode_pool)
         with self._ready:
             if config.stream_id in self._queues:
                 raise ConfigError(f"stream {config.stream_id!r} is already attached")

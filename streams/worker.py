@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import itertools
 import logging
 import multiprocessing
 import os
@@ -114,10 +115,12 @@ def ring_slots(queue_size: int) -> int:
 class _WorkerSink:
     """The sink a source writes to inside its worker: planes into the ring, metadata and events down the pipe."""
 
-    def __init__(self, conn, stop: threading.Event, engine_pid: int, slots: int, policy: OverflowPolicy,
-                 skip_frames: int, label_of) -> None:
-        self._conn = conn
-        self._send_lock = threading.Lock()
+    def __init__(self, send, stop: threading.Event, engine_pid: int, slots: int, policy: OverflowPolicy,
+                 skip_frames: int, label_of, generations=None) -> None:
+        """``send(message)``: to the engine (thread-safe); ``generations``: the process's ring numbering (shared
+        by the sources of a pool worker, so that ring names stay unique)."""
+        self._send = send
+        self._generations = generations if generations is not None else itertools.count(1)
         self._stop = stop
         self._engine_pid = engine_pid
         self._slots = slots
@@ -131,8 +134,7 @@ class _WorkerSink:
         self._attached_cond = threading.Condition()
 
     def send(self, message: tuple) -> None:
-        with self._send_lock:
-            self._conn.send(message)
+        self._send(message)
 
     def put_event(self, event: StreamEvent) -> None:
         try:
@@ -182,7 +184,7 @@ class _WorkerSink:
             return ring
         if ring is not None:
             ring.close()  # the engine's mapping keeps what it holds
-        self.generation += 1
+        self.generation = next(self._generations)
         ring = WorkerRing(ring_name(self._engine_pid, os.getpid(), self.generation), self._slots, need)
         self.ring = self.rings[self.generation] = ring
         self.send(("ring", self.generation, ring.name, ring.slots, ring.slot_bytes))
@@ -219,7 +221,13 @@ def worker_main(conn, source: Source, engine_pid: int, slots: int, policy: Overf
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # ``stop.set`` takes the Event's lock, which the interrupted main thread may hold: set it from a new thread
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set, daemon=True).start())
-    sink = _WorkerSink(conn, stop, engine_pid, slots, policy, skip_frames, getattr(source, "frame_label", None))
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            conn.send(message)
+
+    sink = _WorkerSink(send, stop, engine_pid, slots, policy, skip_frames, getattr(source, "frame_label", None))
 
     def read_commands() -> None:
         while True:
@@ -281,8 +289,10 @@ class _WorkerRun:
 class WorkerSource(Source):
     """``inner`` run in a decode worker process; see the module docstring.  ``pid`` is the current worker's."""
 
-    def __init__(self, inner: Source) -> None:
+    def __init__(self, inner: Source, pool=None) -> None:
+        """``pool``: a ``amodal.streams.worker_pool.DecodePool`` to run in (None: a process of its own)."""
         super().__init__(inner.config)
+        self.pool = pool
         if isinstance(inner, WorkerSource):
             raise ValueError(f"source {inner.stream_id} is already a WorkerSource")
         self.inner = inner
@@ -335,41 +345,34 @@ class WorkerSource(Source):
             self.restarts += 1
 
     def _run_worker(self, sink: FrameSink, stop: threading.Event) -> _WorkerRun:
-        """Start a worker and relay what it sends until it is done or dies."""
-        ctx = mp_context()
-        conn, child_conn = ctx.Pipe(duplex=True)
+        """Start the source in a worker (its own process, or a pool's) and relay what it sends until it is done or
+        the worker dies."""
         # live streams go on with new indexes; files resume where the engine stopped receiving
         offset, skip = (self._next_index, 0) if self.live else (0, self._next_index)
-        process = _WorkerProcess(target=worker_main, name=f"amodal-decode-{self.stream_id}", daemon=True,
-                              args=(child_conn, self.inner, os.getpid(), ring_slots(self.queue_size), self.overflow,
-                                    skip))
+        args = (self.inner, ring_slots(self.queue_size), self.overflow, skip)
         try:
-            process.start()
+            channel = self.pool.attach(self.stream_id, *args) if self.pool is not None else _ProcessChannel(
+                self.stream_id, *args)
         except Exception as exc:  # noqa: BLE001 - an unpicklable source, no processes left: this stream cannot run
-            conn.close()
-            child_conn.close()
             sink.put_event(make_event(self.stream_id, StreamState.ERROR,
                                       f"cannot start a decode worker: {type(exc).__name__}: {exc}", fatal=True))
             return _WorkerRun(True, 0)
-        child_conn.close()
-        self.pid = process.pid
+        self.pid = channel.pid
         rings: dict[int, EngineRing] = {}
         frames, done, stop_sent, stop_deadline = 0, False, False, None
-        readable = select.poll()  # one poller for the worker's life (Connection.poll builds a selector per call)
-        readable.register(conn.fileno(), select.POLLIN)
         try:
             while True:
                 if stop.is_set() and not stop_sent:
-                    stop_sent, stop_deadline = self._ask_stop(conn)
+                    stop_sent, stop_deadline = self._ask_stop(channel)
                 if stop_deadline is not None and time.monotonic() > stop_deadline:
-                    log.warning("decode worker of %s (pid %s) did not stop in time; terminating", self.stream_id,
-                                process.pid)
+                    log.warning("decode worker of %s (pid %s) did not stop in time; ending it", self.stream_id,
+                                channel.pid)
                     break
                 _reap_lingering()
-                if not readable.poll(50):
+                if not channel.poll(50):
                     continue
                 try:
-                    message = conn.recv()
+                    message = channel.recv()
                 except (EOFError, OSError):
                     break
                 kind = message[0]
@@ -377,7 +380,7 @@ class WorkerSource(Source):
                     frame = self._frame(message, rings, offset)
                     if not sink.put_frame(frame):  # the engine wants no more frames (stopping, source removed)
                         if not stop_sent:
-                            stop_sent, stop_deadline = self._ask_stop(conn)
+                            stop_sent, stop_deadline = self._ask_stop(channel)
                     else:
                         frames += 1
                         self._next_index = frame.index + 1
@@ -389,14 +392,14 @@ class WorkerSource(Source):
                     for ring in rings.values():
                         ring.retired = True
                     rings[generation] = EngineRing(name, slots, slot_bytes)
-                    self._send(conn, ("attached", generation))
+                    channel.send(("attached", generation))
                 elif kind == "dropped":
                     self._dropped(sink, message[1] + offset, message[2])
                 elif kind == "done":
                     done = True
                     break
         finally:
-            reason = self._end_worker(process, conn, done)
+            reason = channel.end(done)
             for ring in rings.values():
                 ring.retired = True
                 if not ring.try_close():
@@ -425,38 +428,68 @@ class WorkerSource(Source):
                                       f"stream {self.stream_id}: dropped frame {index}"
                                       + (f" ({label})" if label else "") + " (no free shared-memory slot)"))
 
-    def _ask_stop(self, conn) -> tuple[bool, float]:
-        self._send(conn, ("stop",))
+    def _ask_stop(self, channel) -> tuple[bool, float]:
+        channel.send(("stop",))
         return True, time.monotonic() + self.config.read_timeout_s + self.config.open_timeout_s + _STOP_GRACE_S
 
-    @staticmethod
-    def _send(conn, message: tuple) -> None:
+
+class _ProcessChannel:
+    """One source's own worker process and its pipe."""
+
+    def __init__(self, stream_id: str, source: Source, slots: int, policy: OverflowPolicy, skip: int) -> None:
+        ctx = mp_context()
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = _WorkerProcess(target=worker_main, name=f"amodal-decode-{stream_id}", daemon=True,
+                                      args=(child_conn, source, os.getpid(), slots, policy, skip))
         try:
-            conn.send(message)
+            self.process.start()
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            child_conn.close()
+        self.pid = self.process.pid
+        self._readable = select.poll()  # one poller for the worker's life (Connection.poll builds one per call)
+        self._readable.register(self.conn.fileno(), select.POLLIN)
+
+    def poll(self, timeout_ms: int) -> bool:
+        return bool(self._readable.poll(timeout_ms))
+
+    def recv(self) -> tuple:
+        return self.conn.recv()
+
+    def send(self, message: tuple) -> None:
+        try:
+            self.conn.send(message)
         except OSError:  # the worker is gone; its end is noticed on the next read
             pass
 
-    def _end_worker(self, process, conn, done: bool) -> str:
+    def end(self, done: bool) -> str:
         """Join (or end) the worker process, unlink rings it never handed over; the reason it ended."""
-        process.join(2.0 if done else 0.5)
-        if process.is_alive():
-            process.terminate()
-            process.join(2.0)
-        if process.is_alive():
-            process.kill()
-            process.join(2.0)
+        return end_process(self.process, 2.0 if done else 0.5, [self.conn])
+
+
+def end_process(process, join_s: float, conns=()) -> str:
+    """Join ``process`` (then SIGTERM, then SIGKILL), close ``conns``, unlink the rings it never handed over;
+    returns why it ended."""
+    process.join(join_s)
+    if process.is_alive():
+        process.terminate()
+        process.join(2.0)
+    if process.is_alive():
+        process.kill()
+        process.join(2.0)
+    for conn in conns:
         conn.close()
-        leaked = unlink_worker_segments(os.getpid(), process.pid)
-        if leaked:
-            log.info("unlinked %d shared-memory ring(s) of decode worker %s: %s", len(leaked), process.pid, leaked)
-        reason = f"decode worker (pid {process.pid}) died: {_describe_exit(process.exitcode)}"
-        process.close()
-        return reason
+    leaked = unlink_worker_segments(os.getpid(), process.pid)
+    if leaked:
+        log.info("unlinked %d shared-memory ring(s) of decode worker %s: %s", len(leaked), process.pid, leaked)
+    return f"decode worker (pid {process.pid}) died: {_describe_exit(process.exitcode)}"
 
 
-def run_in_worker(source: Source) -> Source:
-    """``source`` wrapped in a ``WorkerSource`` (a ``WorkerSource`` as it is)."""
-    return source if isinstance(source, WorkerSource) else WorkerSource(source)
+def run_in_worker(source: Source, pool=None) -> Source:
+    """``source`` wrapped in a ``WorkerSource`` (in ``pool`` when given; a ``WorkerSource`` as it is)."""
+    return source if isinstance(source, WorkerSource) else WorkerSource(source, pool)
 
 
 __all__ = ["PRELOAD", "WorkerSource", "mp_context", "ring_slots", "run_in_worker", "worker_main"]

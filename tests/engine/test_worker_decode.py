@@ -138,23 +138,26 @@ def test_decode_setting_is_validated() -> None:
         EngineConfig(decode="gpu")
 
 
-def test_frames_from_a_worker_match_a_direct_pyav_decode(endpoint, tmp_path) -> None:
+@pytest.mark.parametrize("decode_workers", [0, 1], ids=["a process per source", "a pool of one"])
+def test_frames_from_a_worker_match_a_direct_pyav_decode(endpoint, tmp_path, decode_workers) -> None:
     clip = make_video(tmp_path / "clip.mp4", seconds=2.0, size=(176, 144), gop=10)
     with av.open(str(clip)) as container:
         expected = [_digest(frame_planes(f)[1]) for f in container.decode(video=0)]
     sink = _RecordingSink()
-    engine = _engine(endpoint, sink)
+    engine = _engine(endpoint, sink, decode_workers=decode_workers)
     try:
-        engine.add_source(SourceConfig(uri=str(clip), stream_id="clip"))
-        assert sink.wait(lambda: sink.ended("clip"), 30)
+        for sid in ("clip", "again"):  # with a pool of one, both sources decode in the same worker process
+            engine.add_source(SourceConfig(uri=str(clip), stream_id=sid))
+        assert sink.wait(lambda: sink.ended("clip") and sink.ended("again"), 30)
     finally:
         engine.stop()
-    got = [(i, digest, shared) for s, i, digest, shared, _ in sink.frames if s == "clip"]
-    assert [i for i, _, _ in got] == list(range(len(expected)))
-    assert [d for _, d, _ in got] == expected  # every plane, byte for byte, in decode order
-    assert all(shared for _, _, shared in got)  # read in place from the worker's ring, never copied or pickled
-    assert [e.state for e in sink.events if e.stream_id == "clip"] == [
-        StreamState.CONNECTING, StreamState.UP, StreamState.ENDED]
+    for sid in ("clip", "again"):
+        got = [(i, digest, shared) for s, i, digest, shared, _ in sink.frames if s == sid]
+        assert [i for i, _, _ in got] == list(range(len(expected)))
+        assert [d for _, d, _ in got] == expected  # every plane, byte for byte, in decode order
+        assert all(shared for _, _, shared in got)  # read in place from the worker's ring, never copied or pickled
+        assert [e.state for e in sink.events if e.stream_id == sid] == [
+            StreamState.CONNECTING, StreamState.UP, StreamState.ENDED]
 
 
 def test_a_resolution_change_resizes_the_ring_and_every_frame_field_crosses(endpoint) -> None:
@@ -375,3 +378,35 @@ def test_a_file_whose_worker_is_killed_resumes_after_the_last_delivered_frame() 
     errors = [e for e in sink.events if e.state == StreamState.ERROR]
     assert len(errors) == 1 and not errors[0].fatal and "SIGKILL" in errors[0].reason
     assert sink.events[-1].state == StreamState.ENDED and source.restarts == 1
+
+
+def test_a_pool_shares_workers_and_a_killed_one_restarts_only_its_sources(endpoint) -> None:
+    sink = _RecordingSink()
+    engine = _engine(endpoint, sink, decode_workers=2)
+    sources = {sid: WorkerSource(ArraySource(sid, 100_000, interval_s=0.01, live=True), engine._decode_pool)
+               for sid in ("a", "b", "c")}
+    prefix = f"{NAME_PREFIX}{os.getpid()}-"
+    try:
+        for source in sources.values():
+            engine.add_source(source)
+        assert sink.wait(lambda: all(len(sink.indexes(sid)) >= 5 for sid in sources), 30)
+        pool_pids = engine._decode_pool.pids
+        a, b, c = (sources[sid].pid for sid in "abc")
+        assert len(pool_pids) == 2 and a == c != b  # the third source joined the least loaded worker
+        os.kill(a, signal.SIGKILL)
+        assert sink.wait(lambda: {e.stream_id for e in sink.events if e.state == StreamState.ERROR} >= {"a", "c"}, 10)
+        before = {sid: len(sink.indexes(sid)) for sid in sources}
+        assert sink.wait(lambda: all(len(sink.indexes(sid)) >= before[sid] + 5 for sid in sources), 30)
+        restarted = [sources[sid].pid for sid in "ac"]
+        pool_after = engine._decode_pool.pids
+    finally:
+        engine.stop()
+    # a new pool worker replaced the lost one; the restarted sources run in the pool's live workers
+    assert a not in restarted and set(restarted) <= set(pool_after) and len(pool_after) == 2
+    assert sources["b"].pid == b
+    assert not [e for e in sink.events if e.stream_id == "b" and e.state == StreamState.ERROR]
+    for sid in sources:
+        indexes = sink.indexes(sid)
+        assert indexes == sorted(set(indexes))
+    assert segment_names(prefix) == []
+    assert _wait_until(lambda: not any(_alive(p) for p in [a, *pool_after]), 5)
