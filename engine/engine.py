@@ -1,6 +1,7 @@
 """The engine: sources → bounded queues → micro-batcher → each stream's pipeline of stages → sinks.
 
-Threads: one per source (decode), one inference loop (batching, preprocessing, the synchronous stages of every
+Threads: one per source (decode; with ``decode: processes``, the default, it relays what the source's decode worker
+process sends: ``amodal.streams.worker``), one inference loop (batching, preprocessing, the synchronous stages of every
 pipeline), one worker per detached (slow) stage, and the sinks' own threads (the ZeroMQ publisher owns its socket).
 Data flows one way; the only shared state is the per-source queues guarded by one condition variable.  Stages
 start, process, end streams and stop on the thread that runs them (the inference thread, or their worker).

@@ -410,3 +410,31 @@ def test_a_pool_shares_workers_and_a_killed_one_restarts_only_its_sources(endpoi
         assert indexes == sorted(set(indexes))
     assert segment_names(prefix) == []
     assert _wait_until(lambda: not any(_alive(p) for p in [a, *pool_after]), 5)
+
+
+class _SlowerStage(IdentityStage):
+    def process(self, batch: StageBatch) -> list[tuple[ObjectResult, ...]]:
+        time.sleep(0.15)
+        return super().process(batch)
+
+
+def test_a_scanners_drop_notices_still_name_its_files(endpoint, tmp_path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "belt"
+    folder.mkdir()
+    old = time.time() - 60  # settled long ago: the scanner delivers them at once, faster than the stage
+    for i in range(10):
+        path = folder / f"bag_{i:02d}.png"
+        Image.fromarray(np.full((16, 16), i * 20, np.uint8)).save(path)
+        os.utime(path, (old + i, old + i))
+    sink = _RecordingSink()
+    engine = _engine(endpoint, sink, stage=_SlowerStage(), max_batch_size=1)
+    try:
+        engine.add_source(SourceConfig(uri=f"scanner://{folder}?settle_s=0.05", stream_id="belt", queue_size=1,
+                                       overflow="drop-oldest", max_frames=10))
+        assert sink.wait(lambda: sink.ended("belt"), 30)
+    finally:
+        engine.stop()
+    notices = [e.reason for e in sink.events if e.state == StreamState.DROPPED]
+    assert notices and all("(bag_" in reason and ".png)" in reason for reason in notices), notices
