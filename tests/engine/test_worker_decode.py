@@ -266,16 +266,19 @@ time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("how", ["SIGTERM to amodal run", "SIGKILL to the process running the sources"])
+@pytest.mark.parametrize("how", ["Ctrl-C (SIGINT to the process group of amodal run)",
+                                 "SIGKILL to the process running the sources"])
 def test_an_engine_ended_by_a_signal_leaves_no_worker_and_no_segment(endpoint, tmp_path, how) -> None:
     clip = make_video(tmp_path / "clip.mp4", seconds=1.0, size=(160, 120))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    if how.startswith("SIGTERM"):
+    ctrl_c = how.startswith("Ctrl-C")
+    if ctrl_c:
         cmd = [sys.executable, "-m", "amodal.cli", "run", "--source", f"a={clip}", "--source", f"b={clip}", "--loop",
                "--realtime", "--pipeline", "identity", "--publish", endpoint]
     else:
         cmd = [sys.executable, "-c", _PROXY_SCRIPT, str(clip), str(clip)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a shell gives a foreground job
     try:
         workers: set[int] = set()
         # two decode workers (children of the fork server) are running
@@ -283,9 +286,12 @@ def test_an_engine_ended_by_a_signal_leaves_no_worker_and_no_segment(endpoint, t
                                                       _cmdline(p)) or workers) >= 2, 60), _descendants(proc.pid)
         time.sleep(1.0)  # frames flowing through the rings
         everything = _descendants(proc.pid)
-        proc.send_signal(signal.SIGTERM if how.startswith("SIGTERM") else signal.SIGKILL)
+        if ctrl_c:  # the terminal signals every process of the group: workers ignore it, the engine stops them
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.kill()
         proc.wait(30)
-        if how.startswith("SIGTERM"):
+        if ctrl_c:
             assert proc.returncode == 0, proc.stderr.read()
         assert _wait_until(lambda: not any(_alive(p) for p in everything), 15), \
             [(p, _cmdline(p)) for p in everything if _alive(p)]
@@ -297,7 +303,7 @@ def test_an_engine_ended_by_a_signal_leaves_no_worker_and_no_segment(endpoint, t
 
 
 def _cmdline(pid: int) -> str:
-    """A process's name as shown by ps (``multiprocessing`` names workers ``amodal-decode-<stream>``)."""
+    """A process's command line and name (decode workers name themselves ``amodal-decode``)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
