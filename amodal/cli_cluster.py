@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -44,10 +45,16 @@ def _write_state(state_dir: Path, state: dict) -> None:
 def _connect(args, configured: str | None = None) -> None:
     """Join the Ray cluster: ``--address``, else the site file's ``cluster.address`` (unless ``auto``), else the one
     ``up`` started (``--state-dir``), else Ray's ``auto``."""
-    import ray
-
     address = (args.address or (configured if configured not in (None, "auto") else None)
                or _read_state(Path(args.state_dir)).get("ray_address") or "auto")
+    if address != "auto":  # Ray retries an unreachable address for minutes; say so at once instead
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5.0).close()
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"no Ray cluster at {address}: {exc} (start one with `amodal cluster up`)") from exc
+    import ray
+
     try:
         ray.init(address=address, namespace="amodal", log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError) as exc:
@@ -204,10 +211,16 @@ def cmd_down(args) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amodal cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="where `up` keeps what it started")
-    parser.add_argument("--address", default=None, help="Ray cluster address HOST:PORT (default: from --state-dir)")
+    state_help = "where `up` keeps what it started"
+    address_help = "Ray cluster address HOST:PORT (default: from --state-dir)"
+    parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help=state_help)
+    parser.add_argument("--address", default=None, help=address_help)
+    common = argparse.ArgumentParser(add_help=False)  # the same options after the subcommand
+    common.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
+    common.add_argument("--address", default=argparse.SUPPRESS, help=address_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start a Ray head (or join --address) and JetStream nats-server(s) here")
+    up = sub.add_parser("up", parents=[common],
+                        help="start a Ray head (or join --address) and JetStream nats-server(s) here")
     up.add_argument("--port", type=int, default=6379, help="the Ray head's port")
     up.add_argument("--num-cpus", type=int, default=None)
     up.add_argument("--num-gpus", type=int, default=None)
@@ -219,15 +232,15 @@ def main(argv: list[str]) -> int:
     up.add_argument("--nats-port", type=int, default=4222, help="client port of the first local nats-server")
     up.add_argument("--nats-host", default="127.0.0.1", help="interface the nats-servers listen on")
     up.add_argument("--nats-routes", default="", help="nats-route://HOST:PORT,... of servers on other machines")
-    run = sub.add_parser("run", help="place the sources of a site file on the cluster")
+    run = sub.add_parser("run", parents=[common], help="place the sources of a site file on the cluster")
     run.add_argument("--config", required=True, help="site YAML: engine config + cluster: section")
     run.add_argument("--follow", action="store_true", help="print state changes until every stream has ended")
     run.add_argument("--timeout", type=float, default=120.0, help="seconds for every stream to start")
-    status = sub.add_parser("status", help="nodes and streams")
+    status = sub.add_parser("status", parents=[common], help="nodes and streams")
     status.add_argument("--json", action="store_true")
-    stop = sub.add_parser("stop", help="stop streams")
+    stop = sub.add_parser("stop", parents=[common], help="stop streams")
     stop.add_argument("--stream", action="append", help="this stream only (repeatable)")
-    sub.add_parser("down", help="stop streams, nats-servers and Ray started here")
+    sub.add_parser("down", parents=[common], help="stop streams, nats-servers and Ray started here")
     args = parser.parse_args(argv)
     handler = {"up": cmd_up, "run": cmd_run, "status": cmd_status, "stop": cmd_stop, "down": cmd_down}[args.command]
     return handler(args)

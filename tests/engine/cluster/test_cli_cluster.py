@@ -68,3 +68,14 @@ def test_up_run_status_subscribe_down(tmp_path):
         down = _amodal("cluster", *state, "down")
     assert down.returncode == 0, down.stderr[-2000:]
     assert not _alive(started["ray_pid"]) and not any(_alive(p) for p in started["nats_pids"])
+
+
+def test_commands_name_what_is_missing(tmp_path):
+    from amodal.cli_cluster import main as cluster_main
+    from amodal.errors import ConfigError, EngineError
+
+    (closed,) = free_ports(1)
+    with pytest.raises(EngineError, match=f"no Ray cluster at 127.0.0.1:{closed}"):
+        cluster_main(["status", "--state-dir", str(tmp_path), "--address", f"127.0.0.1:{closed}"])
+    with pytest.raises(ConfigError, match="site config not found"):
+        cluster_main(["run", "--config", str(tmp_path / "missing.yaml")])
