@@ -48,7 +48,7 @@ from amodal.streams.base import FrameSink, OverflowPolicy, Source, SourceConfig
 from amodal.streams.dicom import DICOM_SUFFIXES, DicomFrame, decode_dicom, has_dicm_preamble, is_dicom_name
 from amodal.streams.events import make_event
 from amodal.streams.images import IMAGE_SUFFIXES, ImageTooLargeError, decode_image
-from amodal.types import Frame, StreamState
+from amodal.types import Frame, ScanInfo, StreamState
 
 TEMP_SUFFIXES = (".tmp", ".partial", ".part", ".crdownload", ".filepart", "~")
 _TRUE = ("1", "true", "yes", "on")
@@ -315,7 +315,8 @@ class ScannerSource(Source):
         origin_ns = first_mtime_ns if first_mtime_ns is not None else tracked.mtime_ns
         pts_s = (tracked.mtime_ns - origin_ns) / 1e9
         if isinstance(decoded, tuple):
-            decoded = [DicomFrame(decoded[0], decoded[1], scan=None)]  # type: ignore[arg-type]
+            # an image file says nothing of the scan but its name, which every frame carries (to subscribers too)
+            decoded = [DicomFrame(decoded[0], decoded[1], scan=ScanInfo(file_name=path.name))]  # type: ignore[arg-type]
         frames = []
         for k, part in enumerate(decoded):
             height, width = part.planes[0].shape[:2]

@@ -281,7 +281,8 @@ def run_scanner(bad: list[BadFile], good_images: list[Path], folder: Path, *, ti
         candidates[name] = "good"
     source = open_source(SourceConfig(uri=f"scanner://{folder}?settle_s=0.1&give_up_s=0.6", stream_id="scanner",
                                       poll_interval_s=0.05))
-    recorder = RecordingSink(label=source.frame_label)
+    # the file name each frame carries (the source itself may run in a decode worker process)
+    recorder = RecordingSink(label=lambda frame: frame.scan.file_name if frame.scan is not None else None)
     engine = Engine(EngineConfig(publish=free_endpoint(), exit_when_done=False, max_wait_ms=2.0),
                     pipelines={"default": [IdentityStage()]}, sinks=[recorder]).start()
     t0 = time.monotonic()

@@ -42,6 +42,7 @@ def test_slow_writer_is_never_read_half_written(fmt: str, tmp_path: Path) -> Non
     assert len(frames) == 1 and not _errors(runner)
     assert frames[0].pixel_format == "gray16" and frames[0].planes[0].dtype == np.uint16
     np.testing.assert_array_equal(frames[0].planes[0], array)
+    assert frames[0].scan is not None and frames[0].scan.file_name == f"scan.{fmt}"  # which file, for subscribers
 
 
 def test_temp_names_ignored_and_rename_delivers_once(tmp_path: Path) -> None:
