@@ -117,7 +117,10 @@ def cmd_up(args) -> int:
                                     extra_routes=routes, detach=True)
         state["nats_pids"] = [p.pid for p in servers.processes]
         state["nats_urls"] = servers.urls
+        state["nats_routes"] = [f"nats-route://{s.host}:{s.route_port}" for s in servers.specs if s.route_port]
         print(f"nats: {len(servers.urls)} JetStream server(s) at {','.join(servers.urls)}")
+        if state["nats_routes"]:
+            print(f"nats: cluster routes (--nats-routes of servers joining): {','.join(state['nats_routes'])}")
     _write_state(state_dir, state)
     return 0
 
