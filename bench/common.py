@@ -101,3 +101,29 @@ def time_gpu_ms(steps: dict[str, Callable[[], Any]]) -> dict[str, tuple[float, f
             out[name] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             torch.cuda.empty_cache()
     return out
+
+
+def subscribe_until_ended(endpoint: str, streams: int, timeout_s: float, ready, conn) -> None:
+    """Subscriber process: receive until every stream has ended; send back counts and latencies."""
+    from amodal.schema import FrameMessage, StatusMessage
+    from amodal.subscriber import Subscriber
+    from amodal.types import StreamState
+
+    sub = Subscriber(endpoint)
+    ready.set()
+    ended: set[str] = set()
+    latencies_ms: list[float] = []
+    wall_ns: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    while len(ended) < streams and time.monotonic() < deadline:
+        msg = sub.recv(1.0)
+        if isinstance(msg, FrameMessage):
+            now_ns = time.time_ns()
+            latencies_ms.append((now_ns - msg.result.capture_time_ns) / 1e6)
+            wall_ns.append(now_ns)
+        elif isinstance(msg, StatusMessage) and (
+            msg.event.state == StreamState.ENDED or (msg.event.state == StreamState.ERROR and msg.event.fatal)
+        ):
+            ended.add(msg.event.stream_id)
+    conn.send({"latency_ms": latencies_ms, "wall_ns": wall_ns, "lost": sum(sub.stats.lost.values())})
+    sub.close()

@@ -23,33 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amodal.bench.common import new_figure, save_figure, write_results
-
-
-def _subscribe(endpoint: str, streams: int, timeout_s: float, ready, conn) -> None:
-    """Subscriber process: receive until every stream has ended; send back latencies and receive times."""
-    from amodal.schema import FrameMessage, StatusMessage
-    from amodal.subscriber import Subscriber
-    from amodal.types import StreamState
-
-    sub = Subscriber(endpoint)
-    ready.set()
-    ended: set[str] = set()
-    latencies_ms: list[float] = []
-    wall_ns: list[int] = []
-    deadline = time.monotonic() + timeout_s
-    while len(ended) < streams and time.monotonic() < deadline:
-        msg = sub.recv(1.0)
-        if isinstance(msg, FrameMessage):
-            now_ns = time.time_ns()
-            latencies_ms.append((now_ns - msg.result.capture_time_ns) / 1e6)
-            wall_ns.append(now_ns)
-        elif isinstance(msg, StatusMessage) and (
-            msg.event.state == StreamState.ENDED or (msg.event.state == StreamState.ERROR and msg.event.fatal)
-        ):
-            ended.add(msg.event.stream_id)
-    conn.send({"latency_ms": latencies_ms, "wall_ns": wall_ns, "lost": sum(sub.stats.lost.values())})
-    sub.close()
+from amodal.bench.common import new_figure, save_figure, subscribe_until_ended, write_results
 
 
 # ------------------------------------------------------------------------------------------------------ memory
@@ -179,7 +153,7 @@ def run_engine(sources: list, decode: str, *, max_batch_size: int = 8, max_wait_
     config = EngineConfig(publish=endpoint, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, **MODES[decode])
     engine = Engine(config, pipelines={"default": [IdentityStage()]}).start()
     ready, (parent, child) = ctx.Event(), ctx.Pipe(duplex=False)
-    sub = ctx.Process(target=_subscribe, args=(endpoint, len(sources), timeout_s, ready, child), daemon=True)
+    sub = ctx.Process(target=subscribe_until_ended, args=(endpoint, len(sources), timeout_s, ready, child), daemon=True)
     sub.start()
     ready.wait(120)
     time.sleep(0.5)  # the subscription reaches the publisher

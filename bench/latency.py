@@ -25,16 +25,14 @@ import msgpack
 import numpy as np
 import zmq
 
-from amodal.bench.common import new_figure, save_figure, write_results
+from amodal.bench.common import new_figure, save_figure, subscribe_until_ended, write_results
 from amodal.engine.stages.identity import IdentityStage
 from amodal.engine.config import EngineConfig
 from amodal.engine.engine import Engine
 from amodal.engine.publisher import Publisher
-from amodal.schema import FrameMessage, StatusMessage
 from amodal.streams.base import SourceConfig
 from amodal.streams.open import open_source
-from amodal.subscriber import Subscriber
-from amodal.types import FrameResult, ObjectResult, RLEMask, StreamState
+from amodal.types import FrameResult, ObjectResult, RLEMask
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,28 +102,6 @@ def source_decode_fps(path: Path, threads: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------- engine
-def _subscribe_until_ended(endpoint: str, streams: int, timeout_s: float, ready, conn) -> None:
-    """Subscriber process: receive until every stream has ended; send back counts and latencies."""
-    sub = Subscriber(endpoint)
-    ready.set()
-    ended: set[str] = set()
-    latencies_ms: list[float] = []
-    wall_ns: list[int] = []
-    deadline = time.monotonic() + timeout_s
-    while len(ended) < streams and time.monotonic() < deadline:
-        msg = sub.recv(1.0)
-        if isinstance(msg, FrameMessage):
-            now_ns = time.time_ns()
-            latencies_ms.append((now_ns - msg.result.capture_time_ns) / 1e6)
-            wall_ns.append(now_ns)
-        elif isinstance(msg, StatusMessage) and (
-            msg.event.state == StreamState.ENDED or (msg.event.state == StreamState.ERROR and msg.event.fatal)
-        ):
-            ended.add(msg.event.stream_id)
-    conn.send({"latency_ms": latencies_ms, "wall_ns": wall_ns, "lost": sum(sub.stats.lost.values())})
-    sub.close()
-
-
 def run_engine(sources: list[SourceConfig], max_batch_size: int = 8, max_wait_ms: float = 2.0, timeout_s: float = 900,
                stages=None) -> dict:
     """Run the engine on ``sources`` through ``stages`` (default: one ``identity`` stage; stage instances or
@@ -137,7 +113,7 @@ def run_engine(sources: list[SourceConfig], max_batch_size: int = 8, max_wait_ms
     endpoint = _free_endpoint()
     engine = Engine(EngineConfig(publish=endpoint, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms), pipelines={"default": stages or [IdentityStage()]}).start()
     ready, (parent, child) = ctx.Event(), ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_subscribe_until_ended, args=(endpoint, len(sources), timeout_s, ready, child), daemon=True)
+    proc = ctx.Process(target=subscribe_until_ended, args=(endpoint, len(sources), timeout_s, ready, child), daemon=True)
     proc.start()
     ready.wait(60)
     time.sleep(0.5)  # the subscription reaches the publisher

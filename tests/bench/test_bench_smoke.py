@@ -26,3 +26,15 @@ def test_eoras_bench_compares_attention_backends(tmp_path):
     assert eoras.main(["--tracks", "1,2", "--steps", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "eoras.json").read_text())["rows"]
     assert [r["tracks"] for r in rows] == [1, 2] and all(r[b] > 0 for r in rows for b in eoras.BACKENDS)
+
+
+def test_decode_bench_compares_threads_processes_and_a_pool(tmp_path):
+    from amodal.bench import decode_workers
+
+    assert decode_workers.main(["--out", str(tmp_path), "--seconds", "1", "--repeats", "1", "--streams", "1",
+                                "--live-seconds", "1"]) == 0
+    results = json.loads((tmp_path / "decode.json").read_text())
+    live = results["live"]
+    assert {r["decode"] for r in live} == {"threads", "processes", "pool"}
+    assert all(r["received"] + r["lost"] >= 1 and r["p99_ms"] > 0 for r in live)
+    assert (tmp_path / "decode.png").stat().st_size > 0
