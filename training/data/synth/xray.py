@@ -53,18 +53,11 @@ class XrayConfig:
     noise: bool = True
 
     def __post_init__(self) -> None:
-        if not (32 <= self.width <= 4096 and 32 <= self.height <= 4096):
-            raise ConfigError(f"image size must be within 32..4096, got {self.width}x{self.height}")
-        if not 1 <= self.items_min <= self.items_max:
-            raise ConfigError(f"need 1 <= items-min <= items-max, got {self.items_min}, {self.items_max}")
-        if not 0 <= self.clutter_min <= self.clutter_max:
-            raise ConfigError(f"need 0 <= clutter-min <= clutter-max, got {self.clutter_min}, {self.clutter_max}")
+        self.bag()  # the scene settings are validated by the renderer's own config
         if self.segm not in ("polygon", "rle"):
             raise ConfigError(f"--segm must be polygon or rle, got {self.segm!r}")
         if not self.split or any(c in self.split for c in "/\\ "):
             raise ConfigError(f"--split must be a plain name, got {self.split!r}")
-        if not 0.0 <= self.overlap_prob <= 1.0:
-            raise ConfigError(f"overlap_prob must be in [0, 1], got {self.overlap_prob}")
 
     def bag(self) -> BagConfig:
         """The scene part of the settings (``amodal.world.xray``'s renderer)."""
