@@ -433,21 +433,28 @@ class WorkerSource(Source):
         return True, time.monotonic() + self.config.read_timeout_s + self.config.open_timeout_s + _STOP_GRACE_S
 
 
+def start_worker(target, name: str, args_with_pipe) -> tuple[multiprocessing.process.BaseProcess,
+                                                           multiprocessing.connection.Connection]:
+    """Start a daemon worker process running ``target(*args_with_pipe(child_end))``; returns it and the engine's
+    end of their duplex pipe (the child's end is closed here once the worker holds it)."""
+    conn, child_conn = mp_context().Pipe(duplex=True)
+    process = _WorkerProcess(target=target, name=name, daemon=True, args=args_with_pipe(child_conn))
+    try:
+        process.start()
+    except BaseException:
+        conn.close()
+        raise
+    finally:
+        child_conn.close()
+    return process, conn
+
+
 class _ProcessChannel:
     """One source's own worker process and its pipe."""
 
     def __init__(self, stream_id: str, source: Source, slots: int, policy: OverflowPolicy, skip: int) -> None:
-        ctx = mp_context()
-        self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = _WorkerProcess(target=worker_main, name=f"amodal-decode-{stream_id}", daemon=True,
-                                      args=(child_conn, source, os.getpid(), slots, policy, skip))
-        try:
-            self.process.start()
-        except BaseException:
-            self.conn.close()
-            raise
-        finally:
-            child_conn.close()
+        self.process, self.conn = start_worker(worker_main, f"amodal-decode-{stream_id}",
+                                               lambda child: (child, source, os.getpid(), slots, policy, skip))
         self.pid = self.process.pid
         self._readable = select.poll()  # one poller for the worker's life (Connection.poll builds one per call)
         self._readable.register(self.conn.fileno(), select.POLLIN)

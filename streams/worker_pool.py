@@ -17,7 +17,7 @@ import threading
 import time
 
 from amodal.streams.base import OverflowPolicy, Source
-from amodal.streams.worker import _WorkerProcess, _WorkerSink, end_process, mp_context
+from amodal.streams.worker import _WorkerSink, end_process, start_worker
 from amodal.types import StreamEvent, StreamState
 
 
@@ -140,17 +140,8 @@ _EOF = object()
 
 class _PoolWorker:
     def __init__(self) -> None:
-        ctx = mp_context()
-        self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = _WorkerProcess(target=pool_worker_main, args=(child_conn, os.getpid()),
-                                      name="amodal-decode-pool", daemon=True)
-        try:
-            self.process.start()
-        except BaseException:
-            self.conn.close()
-            raise
-        finally:
-            child_conn.close()
+        self.process, self.conn = start_worker(pool_worker_main, "amodal-decode-pool",
+                                               lambda child: (child, os.getpid()))
         self.pid = self.process.pid
         self.reason = ""
         self.reaped = threading.Event()  # the process has ended and its leftovers are cleaned
