@@ -51,6 +51,22 @@ class SubscriberStats:
     restarts: int = 0  # publisher restarts seen (a sequence number went back)
 
 
+def track_sequence(stats: SubscriberStats, last_seq: dict[tuple[str, str], int], message: Message) -> None:
+    """Count ``message`` against its (topic, message type) sequence: a gap is lost messages, a step back a
+    publisher restart.  ``last_seq`` is the reader's own record, updated here."""
+    key = (message.topic, message.WIRE_TYPE)
+    last = last_seq.get(key)
+    if last is not None:
+        if message.seq > last + 1:
+            missed = message.seq - last - 1
+            stats.lost[message.topic] += missed
+            if isinstance(message, AmendmentMessage):
+                stats.lost_amendments[message.topic] += missed
+        elif message.seq <= last:
+            stats.restarts += 1
+    last_seq[key] = message.seq
+
+
 class Subscriber:
     def __init__(
         self,
@@ -125,18 +141,7 @@ class Subscriber:
         return message
 
     def _track_sequence(self, message: Message) -> None:
-        """Gaps in a (topic, message type) sequence are lost messages; a step back is a publisher restart."""
-        key = (message.topic, message.WIRE_TYPE)
-        last = self._last_seq.get(key)
-        if last is not None:
-            if message.seq > last + 1:
-                missed = message.seq - last - 1
-                self.stats.lost[message.topic] += missed
-                if isinstance(message, AmendmentMessage):
-                    self.stats.lost_amendments[message.topic] += missed
-            elif message.seq <= last:
-                self.stats.restarts += 1
-        self._last_seq[key] = message.seq
+        track_sequence(self.stats, self._last_seq, message)
 
     def __iter__(self) -> Iterator[Message]:
         while True:

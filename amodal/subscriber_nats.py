@@ -33,7 +33,7 @@ from urllib.parse import quote, unquote
 from amodal import schema
 from amodal.errors import ConfigError, EngineError, SchemaError
 from amodal.schema import AmendmentMessage, FrameMessage, Message, MetricsMessage, UnknownMessageTypeError
-from amodal.subscriber import SubscriberStats
+from amodal.subscriber import SubscriberStats, track_sequence
 
 log = logging.getLogger(__name__)
 
@@ -306,16 +306,7 @@ class NatsSubscriber:
             return message if self.metrics else None
         if not isinstance(message, (FrameMessage, AmendmentMessage)):
             return message if self.status else None
-        key = (message.topic, message.WIRE_TYPE)
-        last = self._last_seq.get(key)
-        if last is not None:
-            if message.seq > last + 1:
-                self.stats.lost[message.topic] += message.seq - last - 1
-                if isinstance(message, AmendmentMessage):
-                    self.stats.lost_amendments[message.topic] += message.seq - last - 1
-            elif message.seq <= last:
-                self.stats.restarts += 1
-        self._last_seq[key] = message.seq
+        track_sequence(self.stats, self._last_seq, message)
         return message
 
     def __iter__(self) -> Iterator[Message]:
