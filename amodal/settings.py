@@ -12,6 +12,7 @@ import functools
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from amodal.errors import ConfigError
@@ -85,3 +86,20 @@ def build_settings(kind: type[T], raw: Mapping[str, Any] | None, where: str, *,
         raise (exc if message.startswith(where) else ConfigError(f"{where}: {message}")) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The top-level mapping of a YAML file (empty for an empty file); a missing file, invalid YAML or another top
+    level is a ``ConfigError`` naming the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data

@@ -25,7 +25,7 @@ from amodal.engine.stage import RatePolicy
 from amodal.errors import ConfigError, SchemaError
 from amodal.schema import validate_stream_id
 from amodal.security import SecuritySettings
-from amodal.settings import build_settings, field_names
+from amodal.settings import build_settings, field_names, read_yaml_mapping
 from amodal.streams.base import SourceConfig
 
 DEFAULT_PIPELINE = "default"
@@ -176,17 +176,7 @@ class EngineConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "EngineConfig":
         """Load a YAML config (see README); ``overrides`` replace top-level keys."""
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+        data = read_yaml_mapping(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data, where=str(path))
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from amodal.engine.config import EngineConfig
 from amodal.errors import ConfigError
-from amodal.settings import build_settings
+from amodal.settings import build_settings, read_yaml_mapping
 from amodal.subscriber_nats import STREAM_NAME, as_servers
 
 NAMESPACE = "amodal"  # the Ray namespace of every named actor the cluster starts
@@ -156,18 +156,7 @@ class SiteConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SiteConfig":
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError as exc:
-            raise ConfigError(f"site config not found: {path}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_yaml_mapping(path, "site config"), where=str(path))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "site config") -> "SiteConfig":
