@@ -225,11 +225,15 @@ def evaluate(weight_sets: dict[str, Path], stages: list[str], labels: Path = LAB
     """Per weight set and stage: the summary at ``threshold``, the sweep and per-frame counts."""
     frames = load_frames(labels)
     results: dict[str, Any] = {}
+    skipped: list[str] = []
     for set_name, folder in weight_sets.items():
-        for stage in stages:
-            path = folder / WEIGHT_FILES[stage]
-            if not path.is_file():
-                raise ConfigError(f"weights set {set_name!r}: {path} does not exist")
+        paths = {stage: folder / WEIGHT_FILES[stage] for stage in stages}
+        if not any(p.is_file() for p in paths.values()):
+            raise ConfigError(f"weights set {set_name!r}: none of {[str(p) for p in paths.values()]} exists")
+        for stage, path in paths.items():
+            if not path.is_file():  # a set may hold one stage's weights only (the others unchanged)
+                skipped.append(f"{set_name}/{stage}: no {path}")
+                continue
             dets = RUNNERS[stage](path, frames)
             results[f"{set_name}/{stage}"] = {
                 "weights": str(path),
@@ -244,7 +248,7 @@ def evaluate(weight_sets: dict[str, Path], stages: list[str], labels: Path = LAB
     n_person = sum(g == "person" for f in frames for g in f.groups)
     n_vehicle = sum(g == "vehicle" for f in frames for g in f.groups)
     return {"labels": str(labels), "frames": len(frames), "persons": n_person, "vehicles": n_vehicle,
-            "iou_match": IOU_MATCH, "ignore_cover": IGNORE_COVER, "results": results}
+            "iou_match": IOU_MATCH, "ignore_cover": IGNORE_COVER, "skipped": skipped, "results": results}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -262,6 +266,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("false positives per frame (score sweep 0.05..0.95)")
         ax.set_ylabel(f"{what} recall at IoU 0.5")
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7)
     axes[0][0].set_title(f"real footage: {results['persons']} persons, {results['frames']} frames")
