@@ -26,7 +26,7 @@ from amodal.streams.base import SourceConfig
 from amodal.streams.open import open_source
 from amodal.streams.planes import frame_planes
 from amodal.streams.shm_ring import NAME_PREFIX, segment_names
-from amodal.streams.worker import WorkerSource
+from amodal.streams.worker import WorkerSource, ring_slots
 from amodal.types import ObjectResult, StreamState
 from tests.support.array_source import ArraySource
 from tests.support.media import make_video
@@ -336,20 +336,22 @@ class _KeepingSink:
 
 
 def test_with_every_slot_held_a_live_worker_drops_new_frames_and_a_file_worker_waits() -> None:
-    live = WorkerSource(ArraySource("cam", 20, live=True))  # drop-oldest, queue 2: a ring of 6 slots
+    live = WorkerSource(ArraySource("cam", 20, live=True))  # drop-oldest, queue 2
+    slots = ring_slots(2)
     sink = _KeepingSink()
     live.run(sink, threading.Event())
-    assert sink.seen == list(range(6)) and sink.dropped == list(range(6, 20))
+    assert sink.seen == list(range(slots)) and sink.dropped == list(range(slots, 20))
     assert sink.events[-1].state == StreamState.ENDED
 
-    file_like = WorkerSource(ArraySource("file", 60))  # block, queue 16: a ring of 34 slots
+    file_like = WorkerSource(ArraySource("file", 60))  # block, queue 16
+    slots = ring_slots(16)
     sink = _KeepingSink()
     stop = threading.Event()
     runner = threading.Thread(target=file_like.run, args=(sink, stop), daemon=True)
     runner.start()
-    assert _wait_until(lambda: len(sink.seen) >= 34, 20)
+    assert _wait_until(lambda: len(sink.seen) >= slots, 20)
     time.sleep(0.3)
-    assert sink.seen == list(range(34)) and not sink.dropped, "the worker waits for a slot, it never drops"
+    assert sink.seen == list(range(slots)) and not sink.dropped, "the worker waits for a slot, it never drops"
     sink.release()  # the slots go back: the worker continues
     runner.join(20)
     assert not runner.is_alive() and sink.seen == list(range(60)) and not sink.dropped
