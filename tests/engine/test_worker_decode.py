@@ -256,7 +256,7 @@ class Discard:
         Discard.frames += 1
         return True
     def put_event(self, event):
-        """Events are not what this script checks."""
+        return None  # events are not what this script checks
 
 stop = threading.Event()
 for i, uri in enumerate(sys.argv[1:]):
