@@ -204,17 +204,24 @@ def _object_size(rng: np.random.Generator, cat: str, view: str, look: object) ->
     return R.sample_size_m(cat, rng)
 
 
+def _regime_plan(rng: np.random.Generator, regime: str, cfg: VideoConfig) -> tuple[int, float, float]:
+    """How many objects a scene of ``regime`` holds (light: the fewest of ``cfg``'s range, heavy: the most), how
+    widely its groups spread across the view (a share of its half width) and how fast they move (a scale)."""
+    span = cfg.objects_max - cfg.objects_min
+    lo, hi = {"light": (0.0, 0.34), "medium": (0.33, 0.67), "heavy": (0.66, 1.0)}[regime]
+    n = int(rng.integers(cfg.objects_min + round(lo * span), cfg.objects_min + round(hi * span) + 1))
+    spread = {"light": 0.85, "medium": 0.45, "heavy": 0.2}[regime]
+    speed_scale = {"light": 0.35, "medium": 0.8, "heavy": 0.8}[regime]
+    return n, spread, speed_scale
+
+
 def sample_objects(rng: np.random.Generator, cam: Camera, regime: str, cfg: VideoConfig) -> tuple[SceneObject, ...]:
     """Objects in groups that share a path (groups of people walking together, queues of cars, herds): light
     scenes are mostly singletons spread across the view, heavy ones a few tight groups crossing the centre, which
     is what makes occlusion persistent rather than a brief crossing.  People walk across (seen from the side) or
     towards / away from the camera (front / back), some stand; cars drive across or along the view, some are
     parked."""
-    span = cfg.objects_max - cfg.objects_min
-    lo, hi = {"light": (0.0, 0.34), "medium": (0.33, 0.67), "heavy": (0.66, 1.0)}[regime]
-    n = int(rng.integers(cfg.objects_min + round(lo * span), cfg.objects_min + round(hi * span) + 1))
-    spread = {"light": 0.85, "medium": 0.45, "heavy": 0.2}[regime]
-    speed_scale = {"light": 0.35, "medium": 0.8, "heavy": 0.8}[regime]
+    n, spread, speed_scale = _regime_plan(rng, regime, cfg)
     group_max = {"light": 1, "medium": 3, "heavy": 5}[regime]
     T = cfg.frames
     objs: list[SceneObject] = []
@@ -546,11 +553,7 @@ def sample_objects_flat(rng: np.random.Generator, cam: Camera, regime: str, cfg:
     """Objects in groups that share a path (herds, groups of people walking together, queues of cars):
     light scenes are mostly singletons spread across the view, heavy ones a few tight groups crossing the
     centre, which is what makes occlusion persistent rather than a brief crossing."""
-    span = cfg.objects_max - cfg.objects_min
-    lo, hi = {"light": (0.0, 0.34), "medium": (0.33, 0.67), "heavy": (0.66, 1.0)}[regime]
-    n = int(rng.integers(cfg.objects_min + round(lo * span), cfg.objects_min + round(hi * span) + 1))
-    spread = {"light": 0.85, "medium": 0.45, "heavy": 0.2}[regime]
-    speed_scale = {"light": 0.35, "medium": 0.8, "heavy": 0.8}[regime]
+    n, spread, speed_scale = _regime_plan(rng, regime, cfg)
     group_max = {"light": 1, "medium": 2, "heavy": 4}[regime]
     T = cfg.frames
     objs: list[SceneObject] = []
