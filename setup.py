@@ -52,6 +52,11 @@ setup(
         "pydicom>=3.0.2",
         "diffusers==0.42.1",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.51"],
+        "web": ["fastapi>=0.163", "uvicorn>=0.54"],  # amodal run --http, amodal view
+        "cluster": ["ray>=2.60", "nats-py>=2.16"],  # amodal cluster, nats:// subscribers
+        "world": ["scikit-image>=0.26"],  # the camera-style synthetic street (amodal data synth video --style camera)
+    },
     entry_points={"console_scripts": ["amodal=amodal.cli:main"]},
 )
