@@ -453,20 +453,29 @@ def _motion_blur(colour: np.ndarray, visible: np.ndarray, du: float, dv: float, 
     colour[r0:r1, c0:c1] = alpha * blurred + (1 - alpha) * region
 
 
+def _frame_start(scene: Scene, t: int) -> tuple[np.ndarray, ...]:
+    """What every style's frame ``t`` starts from: the objects' positions float[N, 3], their projected centres uv float[N, 2] and depths z
+    float[N], the background's colour and depth (copies to draw on), no object ids (int16[H, W] of -1), empty amodal
+    masks bool[N, H, W], and each object's depth for ordering (inf behind the near plane)."""
+    cam = scene.camera
+    N = len(scene.objects)
+    positions = np.stack([object_position(o, t) for o in scene.objects]) if N else np.zeros((0, 3))
+    uv, z = cam.project(positions) if N else (np.zeros((0, 2)), np.zeros(0))
+    ids = np.full((cam.height, cam.width), -1, np.int16)
+    amodal = np.zeros((N, cam.height, cam.width), bool)
+    object_depth = np.where(z > _NEAR_M, z, np.inf)
+    return (positions, uv, z, scene.background.colour.copy(), scene.background.depth_m.copy(), ids, amodal,
+            object_depth)
+
+
 def render_frame(scene: Scene, t: int, n_frames: int) -> FrameRender:
     """Frame ``t`` of ``scene`` with its exact ground truth (in the scene's style)."""
     if scene.style == "flat":
         return _render_frame_flat(scene, t, n_frames)
     cam = scene.camera
-    H, W = cam.height, cam.width
+    W = cam.width
     N = len(scene.objects)
-    positions = np.stack([object_position(o, t) for o in scene.objects]) if N else np.zeros((0, 3))
-    uv, z = cam.project(positions) if N else (np.zeros((0, 2)), np.zeros(0))
-    colour = scene.background.colour.copy()
-    depth = scene.background.depth_m.copy()
-    ids = np.full((H, W), -1, np.int16)
-    amodal = np.zeros((N, H, W), bool)
-    object_depth = np.where(z > _NEAR_M, z, np.inf)
+    positions, uv, z, colour, depth, ids, amodal, object_depth = _frame_start(scene, t)
     # sprites: (camera depth, order key, kind, index); clutter is static
     sprites = [(float(z[i]), i, "object") for i in range(N) if np.isfinite(object_depth[i])]
     if scene.clutter:
@@ -629,14 +638,7 @@ def _render_frame_flat(scene: Scene, t: int, n_frames: int) -> FrameRender:
     """A frame of the flat world: primitive sprites, contact shadows, lighting and faint noise."""
     cam = scene.camera
     H, W = cam.height, cam.width
-    N = len(scene.objects)
-    positions = np.stack([object_position(o, t) for o in scene.objects]) if N else np.zeros((0, 3))
-    uv, z = cam.project(positions) if N else (np.zeros((0, 2)), np.zeros(0))
-    colour = scene.background.colour.copy()
-    depth = scene.background.depth_m.copy()
-    ids = np.full((H, W), -1, np.int16)
-    amodal = np.zeros((N, H, W), bool)
-    object_depth = np.where(z > _NEAR_M, z, np.inf)
+    positions, uv, z, colour, depth, ids, amodal, object_depth = _frame_start(scene, t)
     sprites = []
     for i, obj in enumerate(scene.objects):
         if not np.isfinite(object_depth[i]):
