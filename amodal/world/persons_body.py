@@ -32,7 +32,8 @@ _SKIN_LIGHT, _SKIN_DARK = np.array([0.96, 0.80, 0.70]), np.array([0.33, 0.21, 0.
 
 @dataclass(frozen=True, slots=True)
 class Paint:
-    """A colour with an optional pattern in the part's body coordinates: solid | stripes | checks | logo | denim."""
+    """A colour with an optional pattern in the part's body coordinates: solid | stripes | checks | logo | denim |
+    suit (``base`` jacket, ``second`` shirt showing in a V below the collar, a tie down its middle)."""
 
     base: tuple[float, float, float]
     second: tuple[float, float, float]
@@ -49,6 +50,12 @@ class Paint:
             w = (np.hypot(u - 0.0, v - 0.26) < 0.04)[..., None]
         elif self.pattern == "denim":
             w = (0.5 + 0.5 * np.sin(u * 400 + v * 380) * np.sin(v * 170))[..., None] * 0.25
+        elif self.pattern == "suit":
+            shirt = (np.abs(u) < 0.05 * (0.37 - v) / 0.2) & (v < 0.37)
+            tie = shirt & (np.abs(u) < 0.006 + 0.008 * (v - 0.17) / 0.2)
+            tie_colour = np.array([0.45, 0.07, 0.1] if self.freq > 60 else [0.12, 0.14, 0.32])
+            out = np.where(shirt[..., None], second, base)
+            return np.where(tie[..., None], tie_colour, out)
         else:
             return np.broadcast_to(base, np.shape(u) + (3,))
         return (1 - w) * base + w * second
@@ -72,6 +79,7 @@ class Identity:
     height_scale: float  # fraction of the image height filled at scale 1
     width_scale: float
     leg_ratio: float  # fraction of the height from hip to sole
+    face: bool = False  # eyes, brows, nose and mouth on the head (front and side views): close-up street people
 
 
 def _pick(rng: np.random.Generator, table=_CLOTHES) -> tuple[float, float, float]:
@@ -176,13 +184,16 @@ def body_parts(ident: Identity, view: str, phase: float) -> list[BodyPart]:
                 BodyPart(Ellipse(wrist[0], wrist[1] + 0.02, 0.022, 0.03), skin, 2),
             ]
         )
-    # head and hair
+    # head, face and hair
     head = BodyPart(Ellipse(0.01 if side else 0.0, 0.075, 0.055 if side else 0.052, 0.07), skin, 1, 0.04)
     neck = BodyPart(Box(0.0, 0.15, 0.022, 0.03), skin, 1)
     hair: list[BodyPart] = []
     hair_paint = _solid(ident.hair)
+    face = _face_parts(ident, side) if ident.face and view != "back" else []
     if view == "back":
         hair.append(BodyPart(Ellipse(0.0, 0.07, 0.056, 0.072), hair_paint, 1))
+    elif face:  # a hairline above the eyes, so the face shows
+        hair.append(BodyPart(Ellipse(-0.02 if side else 0.0, 0.036, 0.056, 0.034), hair_paint, 1))
     else:
         hair.append(BodyPart(Ellipse(-0.012 if side else 0.0, 0.045, 0.057, 0.045), hair_paint, 1))
     if ident.hair_style == "long":
@@ -213,7 +224,26 @@ def body_parts(ident: Identity, view: str, phase: float) -> list[BodyPart]:
         order = arms[0] + legs[0] + ([skirt] if skirt else []) + [hips, torso_part] + legs[1] + arms[1]
     else:
         order = legs[0] + legs[1] + [hips] + ([skirt] if skirt else []) + [torso_part] + arms[0] + arms[1]
-    return parts_back + order + [neck, head] + hair + front_bag
+    return parts_back + order + [neck, head] + face + hair + front_bag
+
+
+def _face_parts(ident: Identity, side: bool) -> list[BodyPart]:
+    """Eyes, brows, nose shadow and mouth in body units (both eyes from the front, the near one from the side)."""
+    skin = np.asarray(ident.skin)
+    dark = _solid(np.asarray(ident.hair) * 0.6 + 0.04)
+    eye = _solid((0.1, 0.08, 0.07))
+    shadow = _solid(skin * 0.78)
+    lips = _solid(np.clip(skin * np.array([0.85, 0.55, 0.55]), 0, 1))
+    eyes_u = (0.035,) if side else (-0.02, 0.02)
+    parts = []
+    for u in eyes_u:
+        parts.append(BodyPart(Ellipse(u, 0.079, 0.009, 0.0045), _solid((0.92, 0.9, 0.88)), 1, 0.01))
+        parts.append(BodyPart(Ellipse(u + (0.002 if side else 0.0), 0.079, 0.004, 0.004), eye, 1, 0.01))
+        parts.append(BodyPart(Box(u, 0.069, 0.011, 0.0025, radius=0.002), dark, 1, 0.01))
+    nose_u = 0.052 if side else 0.0
+    parts.append(BodyPart(Ellipse(nose_u, 0.1, 0.008 if side else 0.007, 0.012), shadow, 1, 0.01))
+    parts.append(BodyPart(Ellipse(0.03 if side else 0.0, 0.121, 0.008 if side else 0.014, 0.0045), lips, 1, 0.01))
+    return parts
 
 
 @dataclass(frozen=True, slots=True, eq=False)

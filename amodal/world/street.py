@@ -10,15 +10,17 @@ and ``amodal data synth video`` (which writes datasets of it in the OVIS and MOV
 Two styles.  ``flat`` (the first world, the default, what the demo shows): primitive silhouettes with flat
 textures on a noise ground, camera at eye level.  ``camera`` (closer to what real cameras see): real photographs
 (scikit-image's) as ground, backdrops and posters; articulated people (``persons_body``: front / back / side,
-clothing, skin and hair colours, bags) and cars / vans with windows, wheels and lights (``vehicles``) seen from eye
-level up to ~10 m and 20-200 px tall, groups crossing, some standing or parked; street furniture (``clutter``) that
+clothing, skin and hair colours, bags, faces, some in dark suits) and cars / vans with windows, wheels and lights
+(``vehicles``) seen from eye level up to ~10 m and 20-200 px tall, groups crossing, some standing or parked; in
+40 % of scenes an eye-level camera with the first objects 1.3-5 m away, filling the frame and cut by its edges (as
+in hand-held and doorway footage); street furniture (``clutter``) that
 hides them; cast shadows, defocus, motion blur, colour response, vignetting, sensor noise and an H.264 round trip
 (``camera_fx``); domain randomisation (colours, photographs, camera quality) where realism is out of reach.
 ``mixed`` draws one of the two per video.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,7 +29,7 @@ from amodal.world import photos, vehicles
 from amodal.world import render as R
 from amodal.world.camera_fx import CameraFX, apply_lens_and_response, gaussian_blur, h264_roundtrip, line_blur, sample_fx, sensor_noise
 from amodal.world.clutter import ClutterItem, draw_item, sample_item
-from amodal.world.persons_body import draw_parts, draw_person, sample_identity
+from amodal.world.persons_body import Identity, Paint, draw_parts, draw_person, sample_identity
 from amodal.world.shapes2d import Capsule, Ellipse, Pose, rasterise
 
 REGIMES = ("light", "medium", "heavy")
@@ -38,6 +40,8 @@ _NEAR_M = 0.8
 _CATEGORY_P_FLAT = {"person": 0.35, "car": 0.2, "animal": 0.2, "box": 0.15, "ball": 0.1}
 STYLES = ("flat", "camera", "mixed")
 _CAMERA_SHARE = 0.75  # style "mixed": the share of videos in the camera style
+_CLOSE_SHARE = 0.4  # style "camera": the share of scenes seen from eye level with their first objects 1.3-5 m away
+_SUIT_SHARE = 0.2  # style "camera": the share of people in a dark suit, shirt and tie
 PERSON_VIEWS = ("side", "front", "back")
 
 
@@ -103,9 +107,20 @@ def make_camera(rng: np.random.Generator, width: int, height: int) -> Camera:
     """A static camera from eye level (1.4 m, nearly level) to a pole or a first floor (10 m, pitched down up to
     ~40°): higher cameras look down more steeply, as surveillance cameras are mounted."""
     hfov = np.deg2rad(rng.uniform(45, 80))
-    f = (width / 2) / np.tan(hfov / 2)
     cam_h = float(1.4 + 8.6 * rng.beta(1.1, 1.6))
     pitch = np.deg2rad(rng.uniform(2, 10) + (cam_h - 1.4) / 8.6 * rng.uniform(5, 28))
+    return _pinhole(width, height, hfov, cam_h, pitch)
+
+
+def make_camera_close(rng: np.random.Generator, width: int, height: int) -> Camera:
+    """An eye-level camera (hand-held, a doorway or a dashboard camera: 1.1-1.9 m, nearly level) for scenes whose
+    nearest people and vehicles fill much of the frame and are cut by its edges."""
+    hfov = np.deg2rad(rng.uniform(40, 75))
+    return _pinhole(width, height, hfov, float(rng.uniform(1.1, 1.9)), np.deg2rad(rng.uniform(-2, 9)))
+
+
+def _pinhole(width: int, height: int, hfov: float, cam_h: float, pitch: float) -> Camera:
+    f = (width / 2) / np.tan(hfov / 2)
     x_axis = np.array([1.0, 0.0, 0.0])
     z_axis = np.array([0.0, np.cos(pitch), -np.sin(pitch)])
     y_axis = np.cross(z_axis, x_axis)
@@ -142,6 +157,24 @@ def _ground_sample(rng: np.random.Generator, cam: Camera, spread: float) -> tupl
         if point is not None and point[1] > 1.0:
             return point
     return 0.0, 8.0
+
+
+def _near_sample(rng: np.random.Generator, cam: Camera) -> tuple[float, float]:
+    """A ground point 1.3-5 m in front of the camera, anywhere across the view (objects there are 100-500 px tall
+    and often cut by the image's edges)."""
+    depth = float(rng.uniform(1.3, 5.0))
+    return float(rng.uniform(-0.9, 0.9)) * cam.half_width_m(depth), depth
+
+
+def _street_identity(rng: np.random.Generator) -> Identity:
+    """A person's look with a face, now and then in a dark suit (jacket, light shirt, tie, dark trousers)."""
+    ident = sample_identity(rng)
+    if rng.random() < _SUIT_SHARE:
+        jacket = tuple(float(x) for x in rng.uniform(0.04, 0.22) * (1 + rng.uniform(-0.15, 0.15, 3)))
+        shirt = tuple(float(x) for x in np.clip(rng.uniform(0.75, 0.97) + rng.uniform(-0.05, 0.05, 3), 0, 1))
+        ident = replace(ident, upper=Paint(jacket, shirt, "suit", float(rng.uniform(40, 90))),  # type: ignore[arg-type]
+                        lower=Paint(jacket, jacket), lower_kind="trousers", long_sleeves=True)  # type: ignore[arg-type]
+    return replace(ident, face=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +248,13 @@ def _regime_plan(rng: np.random.Generator, regime: str, cfg: VideoConfig) -> tup
     return n, spread, speed_scale
 
 
-def sample_objects(rng: np.random.Generator, cam: Camera, regime: str, cfg: VideoConfig) -> tuple[SceneObject, ...]:
+def sample_objects(rng: np.random.Generator, cam: Camera, regime: str, cfg: VideoConfig, *, near: bool = False
+                   ) -> tuple[SceneObject, ...]:
     """Objects in groups that share a path (groups of people walking together, queues of cars, herds): light
     scenes are mostly singletons spread across the view, heavy ones a few tight groups crossing the centre, which
     is what makes occlusion persistent rather than a brief crossing.  People walk across (seen from the side) or
     towards / away from the camera (front / back), some stand; cars drive across or along the view, some are
-    parked."""
+    parked.  ``near``: the first group, and each later one with probability 1/2, starts 1.3-5 m from the camera."""
     n, spread, speed_scale = _regime_plan(rng, regime, cfg)
     group_max = {"light": 1, "medium": 3, "heavy": 5}[regime]
     T = cfg.frames
@@ -228,7 +262,10 @@ def sample_objects(rng: np.random.Generator, cam: Camera, regime: str, cfg: Vide
     while len(objs) < n:
         size = min(int(rng.integers(1, group_max + 1)), n - len(objs))
         cat = _sample_category(rng)
-        mid_x, depth0 = _ground_sample(rng, cam, spread)
+        if near and (not objs or rng.random() < 0.5):
+            mid_x, depth0 = _near_sample(rng, cam)
+        else:
+            mid_x, depth0 = _ground_sample(rng, cam, spread)
         half = cam.half_width_m(depth0)
         view = "side"
         if cat == "person":
@@ -255,7 +292,7 @@ def sample_objects(rng: np.random.Generator, cam: Camera, regime: str, cfg: Vide
             look: object = None
             member_view = view if cat in ("person", "car") else "side"
             if cat == "person":
-                look = sample_identity(rng)
+                look = _street_identity(rng)
             elif cat == "car":
                 look = vehicles.sample_look(rng, "van" if rng.random() < 0.25 else "car")
             h, w = _object_size(rng, cat, member_view, look)
@@ -358,9 +395,10 @@ def sample_clutter(rng: np.random.Generator, cam: Camera) -> tuple[ClutterItem, 
 
 
 def make_scene(rng: np.random.Generator, cfg: VideoConfig, regime: str) -> Scene:
-    cam = make_camera(rng, cfg.width, cfg.height)
+    close = bool(rng.random() < _CLOSE_SHARE)
+    cam = (make_camera_close if close else make_camera)(rng, cfg.width, cfg.height)
     bg = make_background(rng, cam)
-    objs = sample_objects(rng, cam, regime, cfg)
+    objs = sample_objects(rng, cam, regime, cfg, near=close)
     clutter = sample_clutter(rng, cam)
     fx = sample_fx(rng)
     shadow = (float(rng.uniform(-1.2, 1.2)), float(rng.uniform(0.2, 0.9)), float(rng.choice([0.0, rng.uniform(0.2, 0.5)])))

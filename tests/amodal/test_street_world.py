@@ -90,3 +90,54 @@ def test_styles_flat_by_default_mixed_draws_both_and_unknown_is_refused():
     assert set(styles) == {"flat", "camera"} and styles.count("camera") > styles.count("flat")
     with pytest.raises(ConfigError, match="--style"):
         VideoConfig(style="cartoon")
+
+
+def test_close_scenes_hold_people_that_fill_the_frame_and_are_cut_by_its_edges():
+    """Some camera-style scenes are seen from eye level with people 1.3-5 m away: taller than half the frame
+    and cut by its edges, as in hand-held and doorway footage; others keep them small and whole."""
+    cfg = VideoConfig(frames=4, width=320, height=192, objects_min=2, objects_max=6, style="camera")
+    tall_cut = small = 0
+    for k in range(24):
+        scene = scene_for(21, k, cfg)
+        fr = render_frame(scene, 2, cfg.frames)
+        for i, obj in enumerate(scene.objects):
+            rows = np.flatnonzero(fr.amodal[i].any(axis=1))
+            if obj.category != "person" or not rows.size:
+                continue
+            cut = rows[0] == 0 or rows[-1] == cfg.height - 1
+            tall_cut += bool(cut and rows.size > cfg.height / 2)
+            small += bool(rows.size < cfg.height / 4)
+    assert tall_cut >= 3 and small >= 3, (tall_cut, small)
+
+
+def test_faces_are_drawn_on_the_head_only_and_not_from_behind():
+    from dataclasses import replace
+
+    from amodal.world.persons_body import HEAD, draw_person
+    from amodal.world.shapes2d import Pose
+
+    ident = sample_identity(np.random.default_rng(4))
+    for view in ("front", "side", "back"):
+        plain, faced = np.full((2, 240, 120, 3), 0.5, np.float32)
+        body = draw_person(plain, ident, Pose(60, 10, scale=220), view, 0.0)
+        draw_person(faced, replace(ident, face=True), Pose(60, 10, scale=220), view, 0.0)
+        changed = np.abs(plain - faced).max(axis=-1) > 1e-6
+        if view == "back":
+            assert not changed.any()
+        else:  # eyes, brows, nose and mouth (and the shorter hair that shows them) lie within the head: above
+            # the neck (0.15 of the body's height below the top of the head, at 10 px)
+            rows = np.flatnonzero(changed.any(axis=1))
+            assert changed.sum() > 50 and rows.max() < 10 + 0.15 * 220
+            assert (body.labels[changed] == HEAD).mean() > 0.9
+
+
+def test_suits_show_a_shirt_and_tie_below_the_collar():
+    from amodal.world.persons_body import Paint
+
+    suit = Paint((0.1, 0.1, 0.1), (0.9, 0.9, 0.9), "suit", 80.0)
+    v, u = np.mgrid[0.17:0.5:0.01, -0.1:0.1:0.005]
+    colour = suit.colour(u, v)
+    shirt = (colour == 0.9).all(axis=-1)
+    tie = np.isclose(colour, [0.45, 0.07, 0.1]).all(axis=-1)
+    assert shirt.any() and tie.any() and not (shirt | tie)[v > 0.4].any()
+    assert (np.abs(u[tie]) <= np.abs(u[shirt]).max()).all()

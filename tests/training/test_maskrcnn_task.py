@@ -17,7 +17,7 @@ from amodal.errors import ConfigError
 from amodal.models.maskrcnn import load_maskrcnn
 from amodal.models.weights import load_weights
 from amodal.training.tasks import build_task
-from amodal.training.tasks.maskrcnn import MaskRCNNTask, ShapesBatch
+from amodal.training.tasks.maskrcnn import MaskRCNNTask, FrameBatch
 from amodal.training.trainer import load_train_config
 from amodal.training.trainer.metrics_log import read_metrics
 from amodal.world.shapes import SHAPE_KINDS
@@ -87,7 +87,7 @@ def test_batches_are_deterministic_resumable_and_per_rank():
     stream = task.train_batches(batch_size=2, seed=4, rank=0, world_size=1)
     batches = [next(stream) for _ in range(3)]
     first = batches[0]
-    assert isinstance(first, ShapesBatch) and len(first.images) == len(first.targets) == 2
+    assert isinstance(first, FrameBatch) and len(first.images) == len(first.targets) == 2
     for image, target in zip(first.images, first.targets):
         assert image.shape == (3, 64, 96) and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
         n = target.labels.numel()
@@ -162,3 +162,28 @@ def test_training_run_loss_falls_evaluates_and_exports(tmp_path, capsys):
     with torch.inference_mode():
         (out,) = loaded.model([torch.rand(3, 64, 96)])
     assert out["masks"].shape[1:] == (1, 64, 96)
+
+
+def test_street_world_frames_carry_the_street_classes_and_exact_visible_masks():
+    from amodal.training.tasks.maskrcnn import STREET_CLASSES, render_sample
+
+    task = build_task("maskrcnn", {**MICRO, "world": "street", "street_style": "camera", "input_width": 128,
+                                   "input_height": 80, "objects": 6, "scene_frames": 8})
+    assert task.model_config.class_names == STREET_CLASSES == ("person", "car", "animal", "box", "ball")
+    assert task.export_metadata()["training_data"]["scenes"].startswith("amodal.world.street style=camera 128x80")
+    labels = []
+    for seed in range(6):
+        image, target = render_sample(task.config, seed, 3)
+        assert image.shape == (3, 80, 128)
+        labels += target.labels.tolist()
+        for box, mask in zip(target.boxes_xyxy, target.masks):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            assert int(mask.sum()) >= MICRO["min_visible_px"]
+    assert 1 in labels and set(labels) <= set(range(1, 6))
+    losses = task.losses(task.build_model().train(), next(task.train_batches(batch_size=2, seed=0, rank=0, world_size=1)))
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ConfigError, match="world must be one of"):
+        MaskRCNNTask({"world": "moon"})
+    with pytest.raises(ConfigError, match="street_style must be one of"):
+        MaskRCNNTask({"world": "street", "street_style": "oil"})

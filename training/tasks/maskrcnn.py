@@ -1,7 +1,10 @@
-"""Training task for the Mask R-CNN of the ``maskrcnn`` analyzer on moving-shapes scenes (``amodal.world.shapes``).
+"""Training task for the Mask R-CNN of the ``maskrcnn`` analyzer on synthetic scenes: ``world: shapes`` (moving
+shapes, ``amodal.world.shapes``; the shipped weights' world) or ``world: street`` (the street world of
+``amodal.world.street`` in a ``street_style``: ``camera`` is the camera-like one, with photographs, articulated
+people, vehicles, street furniture and camera effects; classes person, car, animal, box, ball).
 
-Every training image is one frame of a random shapes scene (discs, boxes and person-like blobs crossing and
-occluding each other) with its exact visible masks; the scene seed and frame index of every image are drawn from
+Every training image is one frame of a random scene (objects crossing and occluding each other) with its exact
+visible masks; the scene seed and frame index of every image are drawn from
 (seed, rank, batch index), so the stream is endless, deterministic and resumable at any batch without rendering
 the batches before it.  Held-out scenes use seeds outside the training range; evaluation runs the model on one
 frame of each and scores COCO segm and bbox AP (``amodal.training.evaluation.coco``); the score is segm AP.
@@ -21,18 +24,23 @@ from amodal.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from amodal.settings import build_settings
 from amodal.training.evaluation.coco import COCOEvaluator
 from amodal.training.evaluation.common import rle_area, rle_encode
+from amodal.world.render import CATEGORIES
 from amodal.world.shapes import SHAPE_KINDS, SyntheticScene, SyntheticSpec
+from amodal.world.street import STYLES, VideoConfig, render_frame, scene_for
 
 RESULT_KEYS = ("AP", "AP50", "AP75", "APs", "APm")
+WORLDS = ("shapes", "street")
+STREET_CLASSES = tuple(name for _, name in CATEGORIES)
 MASK_THRESHOLD = 0.5  # predicted mask probabilities → binary masks for COCO evaluation (as the analyzer publishes)
 
 
 @dataclass(frozen=True)
 class MaskRCNNTaskConfig:
-    """``task_config:`` of a Mask R-CNN run on shapes scenes.
+    """``task_config:`` of a Mask R-CNN run on synthetic scenes.
 
-    Data: ``input_width × input_height`` frames of ``objects``-object scenes with seeds in ``[0, train_scenes)``,
-    frame indices in ``[0, scene_frames)`` (25 fps); objects with fewer than ``min_visible_px`` visible pixels are
+    Data: ``input_width × input_height`` frames of scenes of ``world`` with seeds in ``[0, train_scenes)``, frame
+    indices in ``[0, scene_frames)``; shapes scenes hold ``objects`` objects, street scenes 1 to ``objects`` (in
+    ``street_style``; a street scene is a ``scene_frames``-frame video); objects with fewer than ``min_visible_px`` visible pixels are
     not targets.  Held-out: ``eval_scenes`` scenes with seeds from ``eval_first_seed`` (≥ ``train_scenes``).
     Model keys mirror ``MaskRCNNConfig`` (``max_detections`` is its ``box_detections_per_img``); the shorter and
     longer input side are its ``min_size``/``max_size``, so frames are never resized."""
@@ -55,8 +63,14 @@ class MaskRCNNTaskConfig:
     rpn_post_nms_test: int = 200
     box_batch_size_per_image: int = 128
     max_detections: int = 20
+    world: str = "shapes"
+    street_style: str = "camera"
 
     def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ConfigError(f"world must be one of {WORLDS}, got {self.world!r}")
+        if self.street_style not in STYLES:
+            raise ConfigError(f"street_style must be one of {STYLES}, got {self.street_style!r}")
         for name in ("input_height", "input_width", "objects", "scene_frames", "train_scenes", "eval_scenes",
                      "fpn_channels", "box_head_dim", "mask_head_channels", "rpn_post_nms_train", "rpn_post_nms_test",
                      "box_batch_size_per_image", "max_detections"):
@@ -69,12 +83,23 @@ class MaskRCNNTaskConfig:
             raise ConfigError(f"eval_first_seed ({self.eval_first_seed!r}) must be ≥ train_scenes "
                               f"({self.train_scenes}): held-out scenes must not be training scenes")
         # the scene's and the model's own checks (size, object count, backbone, anchors) with their messages
-        SyntheticSpec(width=self.input_width, height=self.input_height, objects=self.objects)
+        if self.world == "shapes":
+            SyntheticSpec(width=self.input_width, height=self.input_height, objects=self.objects)
+        else:
+            self.street_config()
         self.model_config()
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return SHAPE_KINDS if self.world == "shapes" else STREET_CLASSES
+
+    def street_config(self) -> VideoConfig:
+        return VideoConfig(frames=self.scene_frames, width=self.input_width, height=self.input_height,
+                           objects_min=1, objects_max=self.objects, style=self.street_style)
 
     def model_config(self) -> MaskRCNNConfig:
         return MaskRCNNConfig(
-            class_names=SHAPE_KINDS, backbone=self.backbone, tiny_widths=self.tiny_widths,
+            class_names=self.class_names, backbone=self.backbone, tiny_widths=self.tiny_widths,
             fpn_channels=self.fpn_channels, min_size=min(self.input_height, self.input_width),
             max_size=max(self.input_height, self.input_width), anchor_sizes=self.anchor_sizes,
             box_detections_per_img=self.max_detections, box_head_dim=self.box_head_dim,
@@ -83,16 +108,16 @@ class MaskRCNNTaskConfig:
 
 
 @dataclass(frozen=True)
-class ShapesTargets:
+class FrameTargets:
     """Targets of one frame: ``boxes_xyxy`` float32[N, 4] (pixels, of the visible masks), ``labels`` int64[N]
-    (1-based indices into ``SHAPE_KINDS``), ``masks`` uint8[N, H, W] (visible masks)."""
+    (1-based indices into the config's ``class_names``), ``masks`` uint8[N, H, W] (visible masks)."""
 
     boxes_xyxy: torch.Tensor
     labels: torch.Tensor
     masks: torch.Tensor
 
-    def to(self, device: torch.device) -> "ShapesTargets":
-        return ShapesTargets(self.boxes_xyxy.to(device), self.labels.to(device), self.masks.to(device))
+    def to(self, device: torch.device) -> "FrameTargets":
+        return FrameTargets(self.boxes_xyxy.to(device), self.labels.to(device), self.masks.to(device))
 
     def as_torchvision(self) -> dict[str, torch.Tensor]:
         """The target dict torchvision's ``MaskRCNN`` takes."""
@@ -100,36 +125,44 @@ class ShapesTargets:
 
 
 @dataclass(frozen=True)
-class ShapesBatch:
+class FrameBatch:
     """``images``: float[3, H, W] RGB in [0, 1] each; ``targets`` aligned with them."""
 
     images: tuple[torch.Tensor, ...]
-    targets: tuple[ShapesTargets, ...]
+    targets: tuple[FrameTargets, ...]
 
-    def to(self, device: torch.device) -> "ShapesBatch":
-        return ShapesBatch(tuple(i.to(device) for i in self.images), tuple(t.to(device) for t in self.targets))
+    def to(self, device: torch.device) -> "FrameBatch":
+        return FrameBatch(tuple(i.to(device) for i in self.images), tuple(t.to(device) for t in self.targets))
 
 
-def render_sample(config: MaskRCNNTaskConfig, seed: int, index: int) -> tuple[torch.Tensor, ShapesTargets]:
-    """Frame ``index`` of scene ``seed``: (image float[3, H, W] in [0, 1], its visible-mask targets)."""
-    scene = SyntheticScene(SyntheticSpec(width=config.input_width, height=config.input_height,
-                                         objects=config.objects, seed=seed))
-    truth = scene.truth(index)
-    keep = [i for i in range(len(truth.object_ids)) if truth.visible_masks[i].sum() >= config.min_visible_px]
-    masks = truth.visible_masks[keep]
+def render_sample(config: MaskRCNNTaskConfig, seed: int, index: int) -> tuple[torch.Tensor, FrameTargets]:
+    """Frame ``index`` of scene ``seed`` of ``config.world``: (image float[3, H, W] in [0, 1], its visible-mask
+    targets)."""
+    if config.world == "shapes":
+        scene = SyntheticScene(SyntheticSpec(width=config.input_width, height=config.input_height,
+                                             objects=config.objects, seed=seed))
+        truth = scene.truth(index)
+        rgb, visible, names = scene.render(index), truth.visible_masks, truth.class_names
+    else:
+        street = scene_for(seed, 0, config.street_config())
+        frame = render_frame(street, index % config.scene_frames, config.scene_frames)
+        rgb, names = frame.rgb, tuple(o.category for o in street.objects)
+        visible = frame.visible_ids[None] == np.arange(len(names))[:, None, None]
+    keep = [i for i in range(len(names)) if visible[i].sum() >= config.min_visible_px]
+    masks = visible[keep]
     boxes = np.zeros((len(keep), 4), dtype=np.float32)
     for j, mask in enumerate(masks):
         ys, xs = np.nonzero(mask)
         boxes[j] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    labels = [SHAPE_KINDS.index(truth.class_names[i]) + 1 for i in keep]
-    image = torch.from_numpy(scene.render(index)).permute(2, 0, 1).float().div_(255.0)
-    return image, ShapesTargets(torch.from_numpy(boxes), torch.tensor(labels, dtype=torch.int64),
-                                torch.from_numpy(masks.astype(np.uint8)))
+    labels = [config.class_names.index(names[i]) + 1 for i in keep]
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    return image, FrameTargets(torch.from_numpy(boxes), torch.tensor(labels, dtype=torch.int64),
+                               torch.from_numpy(masks.astype(np.uint8)))
 
 
-def held_out_frame(image_id: int) -> int:
+def held_out_frame(image_id: int, config: MaskRCNNTaskConfig) -> int:
     """The frame evaluated in the ``image_id``-th (1-based) held-out scene."""
-    return 37 * image_id % 200
+    return 37 * image_id % min(200, config.scene_frames)
 
 
 class MaskRCNNTask:
@@ -147,7 +180,7 @@ class MaskRCNNTask:
     # ------------------------------------------------------------------ data
 
     def train_batches(self, *, batch_size: int, seed: int, rank: int, world_size: int,
-                      start_batch: int = 0) -> Iterator[ShapesBatch]:
+                      start_batch: int = 0) -> Iterator[FrameBatch]:
         """Endless batches of random training frames; batch ``k`` of a rank depends only on (seed, rank, k), so
         ``start_batch`` starts there directly (exact resume) and ranks draw different frames."""
         batch = start_batch
@@ -156,13 +189,13 @@ class MaskRCNNTask:
             items = [render_sample(self.config, int(rng.integers(self.config.train_scenes)),
                                    int(rng.integers(self.config.scene_frames))) for _ in range(batch_size)]
             images, targets = zip(*items)
-            yield ShapesBatch(tuple(images), tuple(targets))
+            yield FrameBatch(tuple(images), tuple(targets))
             batch += 1
 
-    def batch_to_device(self, batch: ShapesBatch, device: torch.device) -> ShapesBatch:
+    def batch_to_device(self, batch: FrameBatch, device: torch.device) -> FrameBatch:
         return batch.to(device)
 
-    def losses(self, model: nn.Module, batch: ShapesBatch) -> dict[str, torch.Tensor]:
+    def losses(self, model: nn.Module, batch: FrameBatch) -> dict[str, torch.Tensor]:
         """torchvision's Mask R-CNN losses (``loss_classifier``, ``loss_box_reg``, ``loss_mask``,
         ``loss_objectness``, ``loss_rpn_box_reg``)."""
         return model(list(batch.images), [t.as_torchvision() for t in batch.targets])
@@ -183,7 +216,9 @@ class MaskRCNNTask:
             "input_size": [c.input_height, c.input_width],
             "normalisation": {"mean": list(m.image_mean), "std": list(m.image_std), "scale": "rgb/255"},
             "training_data": {
-                "scenes": f"amodal.world.shapes 'shapes' {c.input_width}x{c.input_height} objects={c.objects}",
+                "scenes": (f"amodal.world.shapes 'shapes' {c.input_width}x{c.input_height} objects={c.objects}"
+                           if c.world == "shapes" else f"amodal.world.street style={c.street_style} "
+                           f"{c.input_width}x{c.input_height} objects=1..{c.objects} frames={c.scene_frames}"),
                 "train_seeds": [0, c.train_scenes], "frames": [0, c.scene_frames],
                 "held_out_seeds": [c.eval_first_seed, c.eval_first_seed + c.eval_scenes],
                 "task_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(c).items()},
@@ -204,8 +239,8 @@ def evaluate_shapes(model: nn.Module, config: MaskRCNNTaskConfig, device: torch.
         with torch.inference_mode():
             for image_id in range(1, config.eval_scenes + 1):
                 seed = config.eval_first_seed + image_id - 1
-                image, target = render_sample(config, seed, held_out_frame(image_id))
-                images.append({"id": image_id, "width": w, "height": h, "file_name": f"shapes_{seed}.png"})
+                image, target = render_sample(config, seed, held_out_frame(image_id, config))
+                images.append({"id": image_id, "width": w, "height": h, "file_name": f"{config.world}_{seed}.png"})
                 for mask, box, label in zip(target.masks.numpy(), target.boxes_xyxy.tolist(), target.labels.tolist()):
                     rle = rle_encode(mask)
                     x1, y1, x2, y2 = box
@@ -222,7 +257,7 @@ def evaluate_shapes(model: nn.Module, config: MaskRCNNTaskConfig, device: torch.
     finally:
         core.train(was_training)
     gt = {"images": images, "annotations": annotations,
-          "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_KINDS)]}
+          "categories": [{"id": i + 1, "name": n} for i, n in enumerate(config.class_names)]}
     out: dict[str, float] = {}
     for iou_type, prefix in (("segm", ""), ("bbox", "bbox/")):
         evaluator = COCOEvaluator(gt, iou_type=iou_type)
