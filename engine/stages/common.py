@@ -17,7 +17,8 @@ from amodal.types import ObjectResult
 
 @dataclass(frozen=True)
 class DetectionSettings:
-    """``weights``: a local weights file (None = the stage's shipped weights; nothing is downloaded);
+    """``weights``: a local weights file, or ``shipped:FILE`` for another shipped file (None = the stage's shipped
+    weights; nothing is downloaded);
     detections below ``score_threshold`` are dropped, masks are cut at ``mask_threshold``, at most
     ``max_detections`` per frame."""
 
@@ -36,11 +37,17 @@ class DetectionSettings:
 
 
 def resolve_weights(weights: str | None, shipped: str) -> Path:
-    """``weights`` as a path, or the shipped file ``shipped`` when None."""
-    if weights:
-        return Path(weights)
+    """``weights`` as a path; ``shipped:FILE`` the shipped file FILE (e.g. ``shipped:maskrcnn_street_synthetic
+    .safetensors``); the stage's shipped file ``shipped`` when None."""
     from amodal.pretrained import shipped_weights
 
+    if weights and weights.startswith("shipped:"):
+        name = weights.removeprefix("shipped:")
+        if not name or "/" in name or "\\" in name:
+            raise ConfigError(f"weights {weights!r}: expected shipped:FILE with a shipped file's name")
+        return shipped_weights(name)
+    if weights:
+        return Path(weights)
     return shipped_weights(shipped)
 
 

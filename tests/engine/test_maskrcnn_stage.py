@@ -92,3 +92,15 @@ def test_shipped_weights_segment_the_demo_scene():
             best = max((np.logical_and(vis, m).sum() / np.logical_or(vis, m).sum() for m in masks), default=0.0)
             found += best >= 0.5
     assert total > 0 and found / total >= 0.6, f"found {found} of {total} objects with mask IoU >= 0.5"
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "maskrcnn_street_synthetic.safetensors").is_file(), reason="not shipped")
+def test_other_shipped_weights_by_name_and_bad_names_refused():
+    from amodal.errors import ConfigError
+
+    stage = MaskRCNNStage(MaskRCNNSettings(weights="shipped:maskrcnn_street_synthetic.safetensors"))
+    assert stage.class_names == ("person", "car", "animal", "box", "ball")
+    with pytest.raises(ConfigError, match="maskrcnn_street_synthetic.safetensors"):  # the error lists what ships
+        MaskRCNNStage(MaskRCNNSettings(weights="shipped:nope.safetensors"))
+    with pytest.raises(ConfigError, match="shipped:FILE"):
+        MaskRCNNStage(MaskRCNNSettings(weights="shipped:../_weights/x.safetensors"))
