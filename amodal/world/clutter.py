@@ -1,4 +1,5 @@
-"""Street furniture of the street world: poles, signs, bollards, trees, fences, benches, bins and poster boards,
+"""Street furniture of the street world: poles, signs, bollards, trees, fences, benches, bins, poster boards,
+parked bicycles and traffic signals (thin, upright and person-sized: the hard negatives a person detector must learn),
 standing on the ground like the objects but belonging to no object (their pixels are background in every mask,
 and they hide the objects behind them).  Parts are in metres (u right, v down, foot point at (0, 0)); some are
 painted with the shipped photographs (tree crowns with grass, posters with pictures)."""
@@ -10,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from amodal.world import photos
-from amodal.world.shapes2d import Box, Capsule, Ellipse, Pose, Shape, rasterise
+from amodal.world.shapes2d import Box, Capsule, Ellipse, Pose, Ring, Shape, rasterise
 
-KINDS = ("pole", "sign", "bollard", "tree", "fence", "bench", "bin", "board")
-_P = (0.16, 0.12, 0.16, 0.12, 0.14, 0.08, 0.1, 0.12)
+KINDS = ("pole", "sign", "bollard", "tree", "fence", "bench", "bin", "board", "bicycle", "signal")
+_P = (0.13, 0.1, 0.13, 0.1, 0.11, 0.06, 0.08, 0.09, 0.12, 0.08)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,8 @@ def sample_item(rng: np.random.Generator, x_m: float, y_m: float, kind: str | No
     size = {"pole": (rng.uniform(3.0, 6.0), rng.uniform(0.06, 0.14)), "sign": (rng.uniform(2.2, 3.0), rng.uniform(0.5, 0.9)),
             "bollard": (rng.uniform(0.7, 1.1), rng.uniform(0.12, 0.25)), "tree": (rng.uniform(3.0, 7.0), rng.uniform(1.5, 3.5)),
             "fence": (rng.uniform(0.9, 1.3), rng.uniform(3.0, 12.0)), "bench": (rng.uniform(0.8, 1.0), rng.uniform(1.4, 2.2)),
-            "bin": (rng.uniform(0.8, 1.2), rng.uniform(0.4, 0.7)), "board": (rng.uniform(1.6, 2.6), rng.uniform(0.9, 1.6))}[kind]  # fmt: skip
+            "bin": (rng.uniform(0.8, 1.2), rng.uniform(0.4, 0.7)), "board": (rng.uniform(1.6, 2.6), rng.uniform(0.9, 1.6)),
+            "bicycle": (rng.uniform(0.9, 1.1), rng.uniform(1.5, 1.8)), "signal": (rng.uniform(2.6, 4.2), rng.uniform(0.08, 0.14))}[kind]  # fmt: skip
     dark = rng.uniform(0.05, 0.45) * np.array([1.0, 1.0, 1.0]) + rng.uniform(-0.05, 0.05, 3)
     return ClutterItem(kind, float(x_m), float(y_m), float(size[0]), float(size[1]),
                        tuple(float(c) for c in np.clip(dark, 0, 1)),  # type: ignore[arg-type]
@@ -84,6 +86,15 @@ def _parts(item: ClutterItem) -> list[tuple[Shape, Painter]]:
     if item.kind == "bench":
         return [(Box(0.0, -0.45, w / 2, 0.04), _solid(a)), (Box(0.0, -0.7, w / 2, 0.12), _solid(a)),
                 (Box(-0.4 * w, -0.22, 0.03, 0.22), _solid(c)), (Box(0.4 * w, -0.22, 0.03, 0.22), _solid(c))]
+    if item.kind == "bicycle":
+        return _bicycle(h, w, c, a, rng)
+    if item.kind == "signal":
+        head = Box(0.0, -h + 0.45, 0.14, 0.45, radius=0.03)
+        lamps = [(Ellipse(0.0, -h + 0.15 + 0.3 * k, 0.08, 0.08), _solid(lamp))
+                 for k, lamp in enumerate(((0.6, 0.1, 0.08), (0.55, 0.45, 0.05), (0.1, 0.5, 0.2)))]
+        lit = int(rng.integers(3))
+        lamps[lit] = (lamps[lit][0], _solid(np.clip(np.asarray(((1.0, 0.25, 0.2), (1.0, 0.8, 0.2), (0.3, 1.0, 0.5))[lit]), 0, 1)))
+        return [(Box(0.0, -h / 2, w / 2, h / 2), _solid(c)), (head, _solid((0.08, 0.08, 0.08))), *lamps]
     if item.kind == "bin":
         return [(Box(0.0, -h / 2, w / 2, h / 2, radius=0.05), _solid(a)), (Box(0.0, -h, w / 2 + 0.02, 0.04), _solid(c))]
     # board: a poster on two legs, the poster a random photograph
@@ -98,6 +109,32 @@ def _parts(item: ClutterItem) -> list[tuple[Shape, Painter]]:
 
     return [(Box(-0.4 * w, -h / 2, 0.03, h / 2), _solid(c)), (Box(0.4 * w, -h / 2, 0.03, h / 2), _solid(c)),
             (Box(0.0, -h + 0.45 * w, w / 2 + 0.03, 0.45 * w + 0.03), _solid(c)), (board, poster)]
+
+
+def _bicycle(h: float, length: float, frame, saddle, rng: np.random.Generator) -> list[tuple[Shape, Painter]]:
+    """A parked bicycle seen from the side, facing left or right: two spoked wheels, a diamond frame, saddle and
+    handlebar; wheel radius from the height (h ≈ 1 m at the handlebar), hubs ``length`` minus a wheel apart."""
+    s = 1.0 if rng.random() < 0.5 else -1.0  # +1: front wheel on the right
+    r = 0.36 * h
+    hub_v, hx = -r, s * (0.5 * length - r)
+    bb = (-s * 0.05 * length, -r + 0.05)  # bottom bracket, a little below the hubs
+    seat = (-s * 0.22 * length, -0.92 * h)
+    head = (s * 0.25 * length, -0.86 * h)
+    t = 0.018 + 0.012 * float(rng.random())  # tube radius
+    tyre, spoke, black = _solid((0.06, 0.06, 0.06)), _solid((0.55, 0.55, 0.55)), _solid((0.1, 0.1, 0.1))
+    parts: list[tuple[Shape, Painter]] = []
+    for x in (-hx, hx):
+        parts.append((Ring(x, hub_v, r, r - 0.045), tyre))
+        for k in range(6):
+            dx, dv = 0.9 * (r - 0.045) * np.cos(np.pi * k / 6), 0.9 * (r - 0.045) * np.sin(np.pi * k / 6)
+            parts.append((Capsule(x - dx, hub_v - dv, x + dx, hub_v + dv, 0.006, 0.006), spoke))
+    tubes = [((-hx, hub_v), bb), ((-hx, hub_v), seat), (bb, seat), (bb, head), (seat, head), (head, (hx, hub_v))]
+    parts += [(Capsule(p[0], p[1], q[0], q[1], t, t), _solid(frame)) for p, q in tubes]
+    parts.append((Box(seat[0] - s * 0.02, seat[1] - 0.04, 0.11, 0.03, radius=0.02), _solid(saddle)))
+    grip = (head[0] - s * 0.06, head[1] - 0.1)
+    parts.append((Capsule(head[0], head[1], grip[0], grip[1], 0.015, 0.015), black))
+    parts.append((Capsule(grip[0], grip[1], grip[0] - s * 0.1, grip[1] + 0.02, 0.02, 0.02), black))
+    return parts
 
 
 def draw_item(canvas: np.ndarray, item: ClutterItem, pose: Pose) -> np.ndarray:

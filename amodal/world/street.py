@@ -12,9 +12,9 @@ textures on a noise ground, camera at eye level.  ``camera`` (closer to what rea
 (scikit-image's) as ground, backdrops and posters; articulated people (``persons_body``: front / back / side,
 clothing, skin and hair colours, bags, faces, some in dark suits) and cars / vans with windows, wheels and lights
 (``vehicles``) seen from eye level up to ~10 m and 20-200 px tall, groups crossing, some standing or parked; in
-40 % of scenes an eye-level camera with the first objects 1.3-5 m away, filling the frame and cut by its edges (as
-in hand-held and doorway footage); street furniture (``clutter``) that
-hides them; cast shadows, defocus, motion blur, colour response, vignetting, sensor noise and an H.264 round trip
+40 % of scenes an eye-level camera with the first objects 1.3-5 m away (some 0.9-1.5 m: head and shoulders),
+filling the frame and cut by its edges (as in hand-held, doorway and in-car footage); street furniture
+(``clutter``: poles, signals, bollards, parked bicycles, fences, ...) that hides them and looks person-like; cast shadows, defocus, motion blur, colour response, vignetting, sensor noise and an H.264 round trip
 (``camera_fx``); domain randomisation (colours, photographs, camera quality) where realism is out of reach.
 ``mixed`` draws one of the two per video.
 """
@@ -41,6 +41,8 @@ _CATEGORY_P_FLAT = {"person": 0.35, "car": 0.2, "animal": 0.2, "box": 0.15, "bal
 STYLES = ("flat", "camera", "mixed")
 _CAMERA_SHARE = 0.75  # style "mixed": the share of videos in the camera style
 _CLOSE_SHARE = 0.4  # style "camera": the share of scenes seen from eye level with their first objects 1.3-5 m away
+_VERY_CLOSE_SHARE = 0.2  # close scenes: the share of near objects 0.9-1.5 m away (head and shoulders in view)
+_NEAR_CLUTTER = ("pole", "bollard", "bicycle", "signal", "sign", "bin", "fence")
 _SUIT_SHARE = 0.2  # style "camera": the share of people in a dark suit, shirt and tie
 PERSON_VIEWS = ("side", "front", "back")
 
@@ -159,10 +161,13 @@ def _ground_sample(rng: np.random.Generator, cam: Camera, spread: float) -> tupl
     return 0.0, 8.0
 
 
-def _near_sample(rng: np.random.Generator, cam: Camera) -> tuple[float, float]:
-    """A ground point 1.3-5 m in front of the camera, anywhere across the view (objects there are 100-500 px tall
-    and often cut by the image's edges)."""
-    depth = float(rng.uniform(1.3, 5.0))
+def _near_sample(rng: np.random.Generator, cam: Camera, depth_m: tuple[float, float] | None = None) -> tuple[float, float]:
+    """A ground point ``depth_m`` in front of the camera (default: 1.3-5 m, and one time in five 0.9-1.5 m, where a
+    person shows only head and shoulders), anywhere across the view (objects there are 100-500 px tall and often
+    cut by the image's edges)."""
+    if depth_m is None:
+        depth_m = (0.9, 1.5) if rng.random() < _VERY_CLOSE_SHARE else (1.3, 5.0)
+    depth = float(rng.uniform(*depth_m))
     return float(rng.uniform(-0.9, 0.9)) * cam.half_width_m(depth), depth
 
 
@@ -384,13 +389,22 @@ def make_background(rng: np.random.Generator, cam: Camera) -> Background:
     return Background(colour.astype(np.float32), dist, ray_scale)
 
 
-def sample_clutter(rng: np.random.Generator, cam: Camera) -> tuple[ClutterItem, ...]:
-    """0–9 pieces of street furniture on the visible ground; now and then a fence or a pole right in front of
-    the camera, hiding much of the scene behind it."""
+def sample_clutter(rng: np.random.Generator, cam: Camera, *, near: bool = False) -> tuple[ClutterItem, ...]:
+    """0–9 pieces of street furniture on the visible ground; in one scene in four a row of 2–5 parked bicycles;
+    now and then a fence or a pole right in front of the camera, hiding much of the scene behind it.  ``near``
+    (close scenes): 1–3 more poles, bollards, bicycles, signals, signs, bins or fences 1.5–6 m away, as large in the
+    frame as the near people."""
     items = [sample_item(rng, *_ground_sample(rng, cam, 1.0)) for _ in range(int(rng.integers(0, 10)))]
+    if rng.random() < 0.25:
+        x, y = _near_sample(rng, cam, (1.5, 8.0)) if near else _ground_sample(rng, cam, 0.8)
+        step = float(rng.uniform(0.45, 0.8))
+        items += [sample_item(rng, x + k * step, y + 0.01 * k, "bicycle") for k in range(int(rng.integers(2, 6)))]
     if rng.random() < 0.15:
         x, y = _ground_sample(rng, cam, 0.3)
         items.append(sample_item(rng, x, float(rng.uniform(1.2, 3.0)), str(rng.choice(["fence", "pole", "bollard"]))))
+    if near:
+        items += [sample_item(rng, *_near_sample(rng, cam, (1.5, 6.0)), str(rng.choice(_NEAR_CLUTTER)))
+                  for _ in range(int(rng.integers(1, 4)))]
     return tuple(items)
 
 
@@ -399,7 +413,7 @@ def make_scene(rng: np.random.Generator, cfg: VideoConfig, regime: str) -> Scene
     cam = (make_camera_close if close else make_camera)(rng, cfg.width, cfg.height)
     bg = make_background(rng, cam)
     objs = sample_objects(rng, cam, regime, cfg, near=close)
-    clutter = sample_clutter(rng, cam)
+    clutter = sample_clutter(rng, cam, near=close)
     fx = sample_fx(rng)
     shadow = (float(rng.uniform(-1.2, 1.2)), float(rng.uniform(0.2, 0.9)), float(rng.choice([0.0, rng.uniform(0.2, 0.5)])))
     return Scene(cam, objs, bg, regime, light_gain=float(rng.uniform(0.55, 1.2)), light_amp=float(rng.uniform(0, 0.12)),

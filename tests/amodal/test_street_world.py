@@ -141,3 +141,32 @@ def test_suits_show_a_shirt_and_tie_below_the_collar():
     tie = np.isclose(colour, [0.45, 0.07, 0.1]).all(axis=-1)
     assert shirt.any() and tie.any() and not (shirt | tie)[v > 0.4].any()
     assert (np.abs(u[tie]) <= np.abs(u[shirt]).max()).all()
+
+
+@pytest.mark.parametrize("kind", ["bicycle", "signal"])
+def test_bicycles_and_signals_are_person_sized_furniture_that_belongs_to_no_object(kind):
+    """Parked bicycles and traffic signals (hard negatives for a person detector) are drawn as furniture: their
+    pixels are nobody's in the masks, and they hide the person behind them."""
+    rng = np.random.default_rng(4)
+    person = _obj("person", 0.0, 6.0, "side", sample_identity(rng), 1.75, 0.5)
+    item = sample_item(rng, 0.0, 5.0, kind)  # just in front of the person
+    alone = render_frame(_scene((person,)), 0, 2)
+    behind = render_frame(_scene((person,), (item,)), 0, 2)
+    np.testing.assert_array_equal(alone.amodal, behind.amodal)  # the person's whole silhouette is unchanged
+    hidden = (alone.visible_ids == 0) & (behind.visible_ids == -1)
+    assert hidden.sum() >= (5 if kind == "bicycle" else 40)  # a bicycle's thin tubes hide little of a person
+    painted = np.abs(behind.rgb.astype(int) - render_frame(_scene(()), 0, 2).rgb.astype(int)).sum(axis=2) > 30
+    assert (painted & (behind.visible_ids == -1)).sum() > 100  # drawn, and owned by no object
+
+
+def test_close_scenes_put_furniture_near_the_camera_and_some_bicycles_in_rows():
+    """Close scenes have poles, bollards, bicycles, signals, ... 1.5-6 m away, as large as the near people."""
+    cfg = VideoConfig(frames=4, width=320, height=192, objects_min=2, objects_max=6, style="camera")
+    near_items, rows = 0, 0
+    for k in range(40):
+        scene = scene_for(33, k, cfg)
+        depths = [c.y_m for c in scene.clutter]
+        near_items += sum(1.5 <= d <= 6.0 for d in depths)
+        bikes = [c.y_m for c in scene.clutter if c.kind == "bicycle"]
+        rows += any(np.sum(np.abs(np.asarray(bikes) - b) < 0.06) >= 2 for b in bikes)
+    assert near_items >= 15 and rows >= 3, (near_items, rows)

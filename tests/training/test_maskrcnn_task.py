@@ -187,3 +187,42 @@ def test_street_world_frames_carry_the_street_classes_and_exact_visible_masks():
         MaskRCNNTask({"world": "moon"})
     with pytest.raises(ConfigError, match="street_style must be one of"):
         MaskRCNNTask({"world": "street", "street_style": "oil"})
+
+
+def test_init_from_starts_from_earlier_weights_with_mapped_classes(tmp_path):
+    """``init_from`` + ``class_map`` (the second stage of the street recipe, or a user's COCO weights): every
+    detector tensor copied, the mapped classes' rows copied, the others fresh; a config that does not fit the
+    weights names the keys to set."""
+    from amodal.models.maskrcnn_import import CLASS_ROWS
+    from amodal.models.weights import save_weights
+
+    street = {**MICRO, "world": "street", "input_width": 96, "input_height": 64, "scene_frames": 8}
+    torch.manual_seed(0)
+    source_task = MaskRCNNTask(street)
+    source = source_task.build_model().state_dict()
+    path = save_weights(source, tmp_path / "stage1.safetensors", {"config": source_task.model_config.to_dict()})
+
+    task = MaskRCNNTask({**street, "init_from": str(path), "class_map": {"person": "person", "car": "car"}})
+    torch.manual_seed(5)
+    fresh = MaskRCNNTask(street).build_model().state_dict()
+    torch.manual_seed(5)
+    model = task.build_model().state_dict()
+    assert task.init_report["mapped"] == {"person": ["person"], "car": ["car"]}
+    assert task.init_report["unmapped"] == ["animal", "box", "ball"]
+    for key, value in model.items():
+        if key not in CLASS_ROWS:
+            assert torch.equal(value, source[key]), key
+    for key, per_class in CLASS_ROWS.items():
+        rows = lambda t, k: t[key][k * per_class:(k + 1) * per_class]  # noqa: E731
+        for label in (0, 1, 2):  # background, person, car: from the weights
+            assert torch.equal(rows(model, label), rows(source, label)), (key, label)
+        for label in (3, 4, 5):  # animal, box, ball: as a fresh model
+            assert torch.equal(rows(model, label), rows(fresh, label)), (key, label)
+    assert task.export_metadata()["initialised_from"]["init_from"] == str(path)
+
+    with pytest.raises(ConfigError, match=r"set fpn_channels: 16 \(not 24\)"):
+        MaskRCNNTask({**street, "fpn_channels": 24, "init_from": str(path)})
+    with pytest.raises(ConfigError, match="unknown source classes"):
+        MaskRCNNTask({**street, "init_from": str(path), "class_map": {"cyclist": "person"}})
+    with pytest.raises(ConfigError, match="class_map needs init_from"):
+        MaskRCNNTask({**street, "class_map": {"person": "person"}})

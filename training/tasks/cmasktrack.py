@@ -28,16 +28,11 @@ from amodal.models.cmasktrack import (
     cmasktrack_losses,
 )
 from amodal.models.maskrcnn import MaskRCNNConfig
-from amodal.models.maskrcnn_import import (
-    read_detector_weights,
-    resolve_class_map,
-    transfer_detector_weights,
-    with_source_normalisation,
-)
 from amodal.training.data.ovis import OvisDataset, OvisFrame, OvisVideo
 from amodal.training.data.epochs import epoch_batches
 from amodal.training.evaluation.common import rle_encode
 from amodal.training.evaluation.vis import evaluate_vis
+from amodal.training.tasks.detector_init import DetectorInit, check_init_keys, read_detector_init
 
 MIN_BOX_PX = 2.0  # instances whose visible box is thinner than this are dropped from training targets
 RESULT_KEYS = ("AP", "AP50", "AP75", "AP_light", "AP_medium", "AP_heavy")
@@ -87,14 +82,7 @@ class CMaskTrackTaskConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.data_root, str) or not self.data_root:
             raise ConfigError("task_config.data_root must name a dataset directory")
-        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
-            raise ConfigError(f"task_config.init_from must name a weights file, got {self.init_from!r}")
-        if self.class_map is not None:
-            if self.init_from is None:
-                raise ConfigError("task_config.class_map needs init_from (the weights whose classes it maps)")
-            if not isinstance(self.class_map, dict):
-                raise ConfigError(f"task_config.class_map must map source class names to category names, "
-                                  f"got {type(self.class_map).__name__}")
+        check_init_keys(self.init_from, self.class_map)
         for name in ("input_height", "input_width", "max_ref_gap", "max_detections"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"task_config.{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
@@ -167,10 +155,12 @@ class CMaskTrackTask:
         self.class_names = tuple(self.train_set.categories[c] for c in self.category_ids)
         self.label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self.model_config = self.config.model_config(self.class_names)
-        self._init_source: tuple[dict[str, torch.Tensor], MaskRCNNConfig, dict[str, Any]] | None = None
+        self._init: DetectorInit | None = None
         self.init_report: dict[str, Any] | None = None
         if self.config.init_from is not None:
-            self._init_source = self._read_init_source()
+            self._init, detector = read_detector_init(self.config.init_from, self.config.class_map,
+                                                      self.model_config.detector, self.class_names)
+            self.model_config = replace(self.model_config, detector=detector)
         self._train_index = self._annotated_frames(self.train_set)
         if not self._train_index:
             raise ConfigError(f"{ann}: no annotated frame in a video of ≥ 2 frames; nothing to train on")
@@ -185,32 +175,11 @@ class CMaskTrackTask:
             out.extend((vid, t) for t in sorted(present))
         return out
 
-    def _read_init_source(self) -> tuple[dict[str, torch.Tensor], MaskRCNNConfig, dict[str, Any]]:
-        """The ``init_from`` weights, checked against the model config (ConfigError naming the keys to change);
-        the model config takes the weights' input normalisation."""
-        state, source, metadata = read_detector_weights(self.config.init_from)
-        own = self.model_config.detector
-        keys = ["backbone", "variant", "box_head_dim", "mask_head_channels"]
-        if source.backbone == "tiny":
-            keys += ["fpn_channels", "tiny_widths"]
-        wrong = [k for k in keys if getattr(own, k) != getattr(source, k)]
-        if wrong:
-            settings = ", ".join(f"{k}: {getattr(source, k)!r} (not {getattr(own, k)!r})" for k in wrong)
-            raise ConfigError(f"task_config does not fit init_from {self.config.init_from}: set {settings}")
-        resolve_class_map(self.config.class_map, source.class_names, self.class_names)  # unknown names fail now
-        detector = with_source_normalisation(own, source)
-        self.model_config = replace(self.model_config, detector=detector)
-        return state, source, metadata
-
     def build_model(self) -> nn.Module:
         """A fresh model; with ``init_from``, its detector initialised from those weights (``init_report`` says how)."""
         model = build_cmasktrack(config=self.model_config)
-        if self._init_source is not None:
-            state, source, metadata = self._init_source
-            report = transfer_detector_weights(model, state, source.class_names, self.class_names,
-                                               self.config.class_map)
-            self.init_report = {"init_from": self.config.init_from, "source": metadata.get("source"),
-                                "source_layout": metadata.get("source_layout"), **report.to_dict()}
+        if self._init is not None:
+            self.init_report = self._init.apply(model, self.class_names)
         return model
 
     # ------------------------------------------------------------------ data

@@ -24,6 +24,7 @@ from amodal.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from amodal.settings import build_settings
 from amodal.training.evaluation.coco import COCOEvaluator
 from amodal.training.evaluation.common import rle_area, rle_encode
+from amodal.training.tasks.detector_init import DetectorInit, check_init_keys, read_detector_init
 from amodal.world.render import CATEGORIES
 from amodal.world.shapes import SHAPE_KINDS, SyntheticScene, SyntheticSpec
 from amodal.world.street import STYLES, VideoConfig, render_frame, scene_for
@@ -43,7 +44,8 @@ class MaskRCNNTaskConfig:
     ``street_style``; a street scene is a ``scene_frames``-frame video); objects with fewer than ``min_visible_px`` visible pixels are
     not targets.  Held-out: ``eval_scenes`` scenes with seeds from ``eval_first_seed`` (≥ ``train_scenes``).
     Model keys mirror ``MaskRCNNConfig`` (``max_detections`` is its ``box_detections_per_img``); the shorter and
-    longer input side are its ``min_size``/``max_size``, so frames are never resized."""
+    longer input side are its ``min_size``/``max_size``, so frames are never resized.  ``init_from``: Mask R-CNN
+    weights to start from (ours, or a torchvision COCO state dict), ``class_map`` {their class: our class}."""
 
     input_height: int = 192
     input_width: int = 256
@@ -65,8 +67,11 @@ class MaskRCNNTaskConfig:
     max_detections: int = 20
     world: str = "shapes"
     street_style: str = "camera"
+    init_from: str | None = None
+    class_map: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
+        check_init_keys(self.init_from, self.class_map)
         if self.world not in WORLDS:
             raise ConfigError(f"world must be one of {WORLDS}, got {self.world!r}")
         if self.street_style not in STYLES:
@@ -173,9 +178,18 @@ class MaskRCNNTask:
     def __init__(self, task_config: dict[str, Any]) -> None:
         self.config = build_settings(MaskRCNNTaskConfig, task_config, "task_config")
         self.model_config = self.config.model_config()
+        self._init: DetectorInit | None = None
+        self.init_report: dict[str, Any] | None = None
+        if self.config.init_from is not None:
+            self._init, self.model_config = read_detector_init(self.config.init_from, self.config.class_map,
+                                                               self.model_config, self.config.class_names)
 
     def build_model(self) -> nn.Module:
-        return build_maskrcnn(config=self.model_config)
+        """A fresh model; with ``init_from``, initialised from those weights (``init_report`` says how)."""
+        model = build_maskrcnn(config=self.model_config)
+        if self._init is not None:
+            self.init_report = self._init.apply(model, self.config.class_names)
+        return model
 
     # ------------------------------------------------------------------ data
 
@@ -224,6 +238,7 @@ class MaskRCNNTask:
                 "task_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(c).items()},
             },
             "metric": "COCO segm AP (pycocotools) on held-out synthetic scenes",
+            **({"initialised_from": self.init_report} if self.init_report is not None else {}),
         }
 
 
