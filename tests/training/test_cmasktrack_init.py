@@ -108,3 +108,29 @@ def test_init_from_errors_name_what_to_change(dataset, coco_weights):
         CMaskTrackTask({**base, "variant": "v2"})
     with pytest.raises(ConfigError, match="class_map needs init_from"):
         CMaskTrackTask({"data_root": str(dataset), "class_map": CLASS_MAP})
+
+
+def test_init_from_our_street_detector_with_a_wider_tiny_trunk(dataset, tmp_path):
+    """The street recipe: CMaskTrack starts from our own Mask R-CNN weights with a non-default tiny trunk;
+    ``tiny_widths`` is a task key, and a mismatch names it."""
+    from amodal.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
+    from amodal.models.weights import save_weights
+
+    tiny = {"backbone": "tiny", "tiny_widths": [8, 16, 16, 24], "fpn_channels": 16, "box_head_dim": 32,
+            "mask_head_channels": 8, "input_height": 64, "input_width": 96, "calibration_channels": 8,
+            "track_dim": 16, "anchor_sizes": [8, 16, 32, 64, 128], "rpn_post_nms_train": 32,
+            "rpn_post_nms_test": 16, "box_batch_size_per_image": 16, "max_detections": 10}
+    names = ("person", "car", "animal", "box", "ball")
+    config = MaskRCNNConfig(class_names=names, backbone="tiny", tiny_widths=(8, 16, 16, 24), fpn_channels=16,
+                            box_head_dim=32, mask_head_channels=8, min_size=64, max_size=96)
+    torch.manual_seed(0)
+    source = build_maskrcnn(config=config).state_dict()
+    path = save_weights(source, tmp_path / "street.safetensors", {"config": config.to_dict()})
+    task = CMaskTrackTask({"data_root": str(dataset), **tiny, "init_from": str(path),
+                           "class_map": {n: n for n in names}})
+    state = task.build_model().state_dict()
+    assert task.model_config.detector.tiny_widths == (8, 16, 16, 24)
+    assert all(torch.equal(state[k], v) for k, v in source.items())
+    with pytest.raises(ConfigError, match=r"set tiny_widths: \(8, 16, 16, 24\) \(not \(16, 32, 64, 96\)\)"):
+        CMaskTrackTask({"data_root": str(dataset), **{k: v for k, v in tiny.items() if k != "tiny_widths"},
+                        "init_from": str(path)})

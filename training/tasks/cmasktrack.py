@@ -53,6 +53,7 @@ class CMaskTrackTaskConfig:
     val_split: str = "valid"
     image_root: str | None = None
     backbone: str = "tiny"
+    tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 96)
     calibration: bool = True
     input_height: int = 192
     input_width: int = 320
@@ -93,6 +94,7 @@ class CMaskTrackTaskConfig:
         if not 0.0 <= self.eval_score_threshold < 1.0:
             raise ConfigError(f"task_config.eval_score_threshold must be in [0, 1), got {self.eval_score_threshold!r}")
         object.__setattr__(self, "anchor_sizes", tuple(int(a) for a in self.anchor_sizes))
+        object.__setattr__(self, "tiny_widths", tuple(int(w) for w in self.tiny_widths))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CMaskTrackTaskConfig":
@@ -111,7 +113,7 @@ class CMaskTrackTaskConfig:
 
     def model_config(self, class_names: tuple[str, ...]) -> CMaskTrackConfig:
         detector = MaskRCNNConfig(
-            class_names=class_names, backbone=self.backbone, fpn_channels=self.fpn_channels,
+            class_names=class_names, backbone=self.backbone, tiny_widths=self.tiny_widths, fpn_channels=self.fpn_channels,
             min_size=min(self.input_height, self.input_width), max_size=max(self.input_height, self.input_width),
             anchor_sizes=self.anchor_sizes, box_head_dim=self.box_head_dim, mask_head_channels=self.mask_head_channels,
             rpn_post_nms_train=self.rpn_post_nms_train, rpn_post_nms_test=self.rpn_post_nms_test,
