@@ -90,10 +90,11 @@ def _parts(item: ClutterItem) -> list[tuple[Shape, Painter]]:
         return _bicycle(h, w, c, a, rng)
     if item.kind == "signal":
         head = Box(0.0, -h + 0.45, 0.14, 0.45, radius=0.03)
-        lamps = [(Ellipse(0.0, -h + 0.15 + 0.3 * k, 0.08, 0.08), _solid(lamp))
-                 for k, lamp in enumerate(((0.6, 0.1, 0.08), (0.55, 0.45, 0.05), (0.1, 0.5, 0.2)))]
-        lit = int(rng.integers(3))
-        lamps[lit] = (lamps[lit][0], _solid(np.clip(np.asarray(((1.0, 0.25, 0.2), (1.0, 0.8, 0.2), (0.3, 1.0, 0.5))[lit]), 0, 1)))
+        lit = int(rng.integers(3))  # red, amber or green: that lamp bright, the others dim
+        dim = ((0.6, 0.1, 0.08), (0.55, 0.45, 0.05), (0.1, 0.5, 0.2))
+        bright = ((1.0, 0.25, 0.2), (1.0, 0.8, 0.2), (0.3, 1.0, 0.5))
+        lamps = [(Ellipse(0.0, -h + 0.15 + 0.3 * k, 0.08, 0.08), _solid(bright[k] if k == lit else dim[k]))
+                 for k in range(3)]
         return [(Box(0.0, -h / 2, w / 2, h / 2), _solid(c)), (head, _solid((0.08, 0.08, 0.08))), *lamps]
     if item.kind == "bin":
         return [(Box(0.0, -h / 2, w / 2, h / 2, radius=0.05), _solid(a)), (Box(0.0, -h, w / 2 + 0.02, 0.04), _solid(c))]

@@ -14,8 +14,9 @@ clothing, skin and hair colours, bags, faces, some in dark suits) and cars / van
 (``vehicles``) seen from eye level up to ~10 m and 20-200 px tall, groups crossing, some standing or parked; in
 40 % of scenes an eye-level camera with the first objects 1.3-5 m away (some 0.9-1.5 m: head and shoulders),
 filling the frame and cut by its edges (as in hand-held, doorway and in-car footage); street furniture
-(``clutter``: poles, signals, bollards, parked bicycles, fences, ...) that hides them and looks person-like; cast shadows, defocus, motion blur, colour response, vignetting, sensor noise and an H.264 round trip
-(``camera_fx``); domain randomisation (colours, photographs, camera quality) where realism is out of reach.
+(``clutter``: poles, signals, bollards, parked bicycles, fences, ...) that hides them and looks person-like; cast
+shadows, defocus, motion blur, colour response, vignetting, sensor noise and an H.264 round trip (``camera_fx``);
+domain randomisation (colours, photographs, camera quality) where realism is out of reach.
 ``mixed`` draws one of the two per video.
 """
 from __future__ import annotations
@@ -161,7 +162,8 @@ def _ground_sample(rng: np.random.Generator, cam: Camera, spread: float) -> tupl
     return 0.0, 8.0
 
 
-def _near_sample(rng: np.random.Generator, cam: Camera, depth_m: tuple[float, float] | None = None) -> tuple[float, float]:
+def _near_sample(rng: np.random.Generator, cam: Camera, depth_m: tuple[float, float] | None = None
+                 ) -> tuple[float, float]:
     """A ground point ``depth_m`` in front of the camera (default: 1.3-5 m, and one time in five 0.9-1.5 m, where a
     person shows only head and shoulders), anywhere across the view (objects there are 100-500 px tall and often
     cut by the image's edges)."""

@@ -113,7 +113,8 @@ class CMaskTrackTaskConfig:
 
     def model_config(self, class_names: tuple[str, ...]) -> CMaskTrackConfig:
         detector = MaskRCNNConfig(
-            class_names=class_names, backbone=self.backbone, tiny_widths=self.tiny_widths, fpn_channels=self.fpn_channels,
+            class_names=class_names, backbone=self.backbone, tiny_widths=self.tiny_widths,
+            fpn_channels=self.fpn_channels,
             min_size=min(self.input_height, self.input_width), max_size=max(self.input_height, self.input_width),
             anchor_sizes=self.anchor_sizes, box_head_dim=self.box_head_dim, mask_head_channels=self.mask_head_channels,
             rpn_post_nms_train=self.rpn_post_nms_train, rpn_post_nms_test=self.rpn_post_nms_test,
