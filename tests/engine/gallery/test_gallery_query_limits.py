@@ -242,7 +242,10 @@ def test_embedder_output_is_checked_like_a_query(gallery: Gallery, endpoint: str
 # -------------------------------------------------------------------------- rate limits and queue
 def test_image_flood_from_one_client_is_rate_limited_while_stats_answers(gallery: Gallery, endpoint: str,
                                                                          dealer: Dealer, record_property):
-    limits = QueryLimits(client_images_per_s=2.0, client_image_burst=3, image_workers=1, image_queue_size=64)
+    # every request gets a reply only while the replies fit the server's per-connection send high-water mark (a
+    # ROUTER drops what is above it: the default 32 < 40 lost refusals whenever they were sent faster than TCP took them)
+    limits = QueryLimits(client_images_per_s=2.0, client_image_burst=3, image_workers=1, image_queue_size=64,
+                         socket_hwm_messages=64)
     embedder = GatedEmbedder()
     flood = 40
     with QueryServer(gallery, endpoint, embed_image=embedder, limits=limits) as server:
