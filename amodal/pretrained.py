@@ -17,6 +17,8 @@ def shipped_weights(filename: str) -> Path:
     path = WEIGHTS_DIR / filename
     if not path.is_file():
         shipped = sorted(p.name for p in WEIGHTS_DIR.glob("*.safetensors"))
-        raise ConfigError(f"shipped weights {path} are missing (shipped: {shipped}); retrain them "
+        if shipped:
+            raise ConfigError(f"no shipped weights are named {filename!r}; shipped: {shipped}")
+        raise ConfigError(f"shipped weights {path} are missing (none in {WEIGHTS_DIR}); retrain them "
                           f"(README, 'Shipped weights')")
     return path

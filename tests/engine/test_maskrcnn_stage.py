@@ -100,7 +100,8 @@ def test_other_shipped_weights_by_name_and_bad_names_refused():
 
     stage = MaskRCNNStage(MaskRCNNSettings(weights="shipped:maskrcnn_street_synthetic.safetensors"))
     assert stage.class_names == ("person", "car", "animal", "box", "ball")
-    with pytest.raises(ConfigError, match="maskrcnn_street_synthetic.safetensors"):  # the error lists what ships
+    with pytest.raises(ConfigError, match="maskrcnn_street_synthetic.safetensors") as refused:  # lists what ships
         MaskRCNNStage(MaskRCNNSettings(weights="shipped:nope.safetensors"))
+    assert "'nope.safetensors'" in str(refused.value) and "retrain" not in str(refused.value)
     with pytest.raises(ConfigError, match="shipped:FILE"):
         MaskRCNNStage(MaskRCNNSettings(weights="shipped:../_weights/x.safetensors"))
