@@ -226,3 +226,52 @@ def test_init_from_starts_from_earlier_weights_with_mapped_classes(tmp_path):
         MaskRCNNTask({**street, "init_from": str(path), "class_map": {"cyclist": "person"}})
     with pytest.raises(ConfigError, match="class_map needs init_from"):
         MaskRCNNTask({**street, "class_map": {"person": "person"}})
+
+
+def test_zoom_window_cuts_resizes_and_mirrors_frame_and_masks_alike():
+    import numpy as np
+
+    from amodal.training.tasks.zoom import ZoomWindow, apply_zoom, draw_zoom_window
+
+    image = torch.zeros(3, 64, 96)
+    image[0, 10:20, 20:30] = 1.0  # a red object at x 20..30, y 10..20
+    masks = torch.zeros(1, 64, 96, dtype=torch.uint8)
+    masks[0, 10:20, 20:30] = 1
+    zoomed, zmasks = apply_zoom(image, masks, ZoomWindow(top=8, left=16, height=32, width=48, mirror=False))
+    assert zoomed.shape == (3, 64, 96) and zmasks.shape == (1, 64, 96) and zmasks.dtype == torch.uint8
+    ys, xs = torch.nonzero(zmasks[0], as_tuple=True)  # twice as large, moved by the window's corner
+    assert (int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1) == (8, 28, 4, 24)
+    assert float(zoomed[0, 6:22, 10:26].min()) > 0.99 and float(zoomed[0, 30:, 40:].max()) < 0.01
+    mirrored, mmasks = apply_zoom(image, masks, ZoomWindow(0, 0, 64, 96, mirror=True))
+    assert torch.equal(mmasks[0], masks[0].flip(-1)) and torch.equal(mirrored, image.flip(-1))
+    assert torch.equal(apply_zoom(image, masks[:0], ZoomWindow(8, 16, 32, 48, False))[1], masks[:0])
+
+    rng = np.random.default_rng(0)
+    windows = [draw_zoom_window(rng, 64, 96, zoom_prob=0.5, zoom_max=3.0, hflip_prob=0.5) for _ in range(400)]
+    zooms = np.array([96 / w.width for w in windows])
+    assert 0.4 < (zooms > 1.0).mean() < 0.6 and zooms.max() <= 3.0 + 0.05 and 0.4 < np.mean([w.mirror for w in windows]) < 0.6
+    assert all(0 <= w.top <= 64 - w.height and 0 <= w.left <= 96 - w.width for w in windows)
+    assert all(abs(w.width / w.height - 1.5) < 0.1 for w in windows)  # the frame's aspect
+
+
+def test_zoomed_training_frames_hold_larger_objects_with_exact_targets_and_stay_resumable():
+    plain = build_task("maskrcnn", MICRO)
+    zoomed = build_task("maskrcnn", {**MICRO, "zoom_prob": 1.0, "zoom_max": 3.0, "hflip_prob": 0.5})
+    def areas(task):
+        stream = task.train_batches(batch_size=4, seed=2, rank=0, world_size=1)
+        return [float(m.sum()) for _ in range(4) for t in next(stream).targets for m in t.masks]
+    assert sum(areas(zoomed)) / len(areas(zoomed)) > 1.5 * sum(areas(plain)) / len(areas(plain))
+    batches = zoomed.train_batches(batch_size=2, seed=4, rank=0, world_size=1)
+    first, _, third = next(batches), next(batches), next(batches)
+    for target in first.targets + third.targets:
+        assert (target.masks.flatten(1).sum(1) >= MICRO["min_visible_px"]).all()
+        for box, mask in zip(target.boxes_xyxy, target.masks):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    resumed = next(iter(zoomed.train_batches(batch_size=2, seed=4, rank=0, world_size=1, start_batch=2)))
+    torch.testing.assert_close(resumed.images[1], third.images[1])
+    torch.testing.assert_close(resumed.targets[1].masks, third.targets[1].masks)
+    with pytest.raises(ConfigError, match="zoom_max must be a number ≥ 1"):
+        MaskRCNNTask({"zoom_max": 0.5})
+    with pytest.raises(ConfigError, match=r"hflip_prob must be in \[0, 1\]"):
+        MaskRCNNTask({"hflip_prob": 2})

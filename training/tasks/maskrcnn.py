@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torchvision.ops import masks_to_boxes
 
 from amodal.errors import ConfigError
 from amodal.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
@@ -25,6 +26,7 @@ from amodal.settings import build_settings
 from amodal.training.evaluation.coco import COCOEvaluator
 from amodal.training.evaluation.common import rle_area, rle_encode
 from amodal.training.tasks.detector_init import DetectorInit, check_init_keys, read_detector_init
+from amodal.training.tasks.zoom import ZoomWindow, apply_zoom, draw_zoom_window
 from amodal.world.render import CATEGORIES
 from amodal.world.shapes import SHAPE_KINDS, SyntheticScene, SyntheticSpec
 from amodal.world.street import STYLES, VideoConfig, render_frame, scene_for
@@ -45,7 +47,9 @@ class MaskRCNNTaskConfig:
     not targets.  Held-out: ``eval_scenes`` scenes with seeds from ``eval_first_seed`` (≥ ``train_scenes``).
     Model keys mirror ``MaskRCNNConfig`` (``max_detections`` is its ``box_detections_per_img``); the shorter and
     longer input side are its ``min_size``/``max_size``, so frames are never resized.  ``init_from``: Mask R-CNN
-    weights to start from (ours, or a torchvision COCO state dict), ``class_map`` {their class: our class}."""
+    weights to start from (ours, or a torchvision COCO state dict), ``class_map`` {their class: our class}.
+    Training frames only: with probability ``zoom_prob`` a window zoomed 1 to ``zoom_max`` times (``zoom.py``), and
+    a mirror with probability ``hflip_prob``; targets are taken from the masks afterwards."""
 
     input_height: int = 192
     input_width: int = 256
@@ -69,9 +73,18 @@ class MaskRCNNTaskConfig:
     street_style: str = "camera"
     init_from: str | None = None
     class_map: dict[str, str] | None = None
+    zoom_prob: float = 0.0
+    zoom_max: float = 2.0
+    hflip_prob: float = 0.0
 
     def __post_init__(self) -> None:
         check_init_keys(self.init_from, self.class_map)
+        for name in ("zoom_prob", "hflip_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+        if isinstance(self.zoom_max, bool) or not isinstance(self.zoom_max, (int, float)) or self.zoom_max < 1.0:
+            raise ConfigError(f"zoom_max must be a number ≥ 1, got {self.zoom_max!r}")
         if self.world not in WORLDS:
             raise ConfigError(f"world must be one of {WORLDS}, got {self.world!r}")
         if self.street_style not in STYLES:
@@ -140,9 +153,10 @@ class FrameBatch:
         return FrameBatch(tuple(i.to(device) for i in self.images), tuple(t.to(device) for t in self.targets))
 
 
-def render_sample(config: MaskRCNNTaskConfig, seed: int, index: int) -> tuple[torch.Tensor, FrameTargets]:
+def render_sample(config: MaskRCNNTaskConfig, seed: int, index: int,
+                  window: ZoomWindow | None = None) -> tuple[torch.Tensor, FrameTargets]:
     """Frame ``index`` of scene ``seed`` of ``config.world``: (image float[3, H, W] in [0, 1], its visible-mask
-    targets)."""
+    targets), seen through ``window`` when one is given."""
     if config.world == "shapes":
         scene = SyntheticScene(SyntheticSpec(width=config.input_width, height=config.input_height,
                                              objects=config.objects, seed=seed))
@@ -153,16 +167,15 @@ def render_sample(config: MaskRCNNTaskConfig, seed: int, index: int) -> tuple[to
         frame = render_frame(street, index % config.scene_frames, config.scene_frames)
         rgb, names = frame.rgb, tuple(o.category for o in street.objects)
         visible = frame.visible_ids[None] == np.arange(len(names))[:, None, None]
-    keep = [i for i in range(len(names)) if visible[i].sum() >= config.min_visible_px]
-    masks = visible[keep]
-    boxes = np.zeros((len(keep), 4), dtype=np.float32)
-    for j, mask in enumerate(masks):
-        ys, xs = np.nonzero(mask)
-        boxes[j] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    labels = [config.class_names.index(names[i]) + 1 for i in keep]
     image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
-    return image, FrameTargets(torch.from_numpy(boxes), torch.tensor(labels, dtype=torch.int64),
-                               torch.from_numpy(masks.astype(np.uint8)))
+    masks = torch.from_numpy(np.ascontiguousarray(visible, dtype=np.uint8)).reshape(len(names), *image.shape[-2:])
+    if window is not None:
+        image, masks = apply_zoom(image, masks, window)
+    labels = torch.tensor([config.class_names.index(n) + 1 for n in names], dtype=torch.int64)
+    keep = masks.flatten(1).sum(1) >= config.min_visible_px
+    masks = masks[keep]
+    boxes = masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])  # pixel extents: x2, y2 exclusive
+    return image, FrameTargets(boxes.float(), labels[keep], masks)
 
 
 def held_out_frame(image_id: int, config: MaskRCNNTaskConfig) -> int:
@@ -201,10 +214,18 @@ class MaskRCNNTask:
         while True:
             rng = np.random.default_rng([seed, rank, batch])
             items = [render_sample(self.config, int(rng.integers(self.config.train_scenes)),
-                                   int(rng.integers(self.config.scene_frames))) for _ in range(batch_size)]
+                                   int(rng.integers(self.config.scene_frames)), self._window(rng))
+                     for _ in range(batch_size)]
             images, targets = zip(*items)
             yield FrameBatch(tuple(images), tuple(targets))
             batch += 1
+
+    def _window(self, rng: np.random.Generator) -> ZoomWindow | None:
+        c = self.config
+        if c.zoom_prob == 0.0 and c.hflip_prob == 0.0:  # draws nothing: older runs' batches stay as they were
+            return None
+        return draw_zoom_window(rng, c.input_height, c.input_width, zoom_prob=c.zoom_prob, zoom_max=c.zoom_max,
+                                hflip_prob=c.hflip_prob)
 
     def batch_to_device(self, batch: FrameBatch, device: torch.device) -> FrameBatch:
         return batch.to(device)
