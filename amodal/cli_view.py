@@ -3,7 +3,7 @@
 The live view of ``amodal run --http`` for an engine that runs elsewhere, built from its published results alone
 (subscribing like any other client, CURVE keys when the engine requires them): every stream's state, fps,
 latency (capture → published, on the engine's clocks) and drops, its results drawn over a neutral grey canvas
-(results carry masks and boxes, not pictures), a scanner stream's latest bags.  Sources cannot be added or removed
+(results carry masks and boxes, not pictures), a scanner stream's latest bags (with what detached stages amend).  Sources cannot be added or removed
 from here (``POST``/``DELETE /streams`` answer 501): that is the engine's own ``--http``.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import threading
 
 from amodal.engine.web import LiveView, web_settings
-from amodal.schema import FrameMessage, MetricsMessage, StatusMessage
+from amodal.schema import AmendmentMessage, FrameMessage, MetricsMessage, StatusMessage
 from amodal.subscriber import Subscriber
 
 
@@ -27,6 +27,8 @@ def feed(view: LiveView, subscriber: Subscriber, stop: threading.Event) -> None:
         if isinstance(message, FrameMessage):
             r = message.result
             state.on_results([None], [r], [(message.publish_time_ns - r.capture_time_ns) / 1e6])
+        elif isinstance(message, AmendmentMessage):
+            state.on_amendment(message.amendment)
         elif isinstance(message, StatusMessage):
             state.on_event(message.event)
         elif isinstance(message, MetricsMessage):
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    with Subscriber(args.endpoint, args.stream, status=True, metrics=True, amendments=False,
+    with Subscriber(args.endpoint, args.stream, status=True, metrics=True, amendments=True,
                     server_public_key=args.server_key, client_cert=args.client_cert) as subscriber:
         view.start()
         print(f"amodal view: results of {args.endpoint} at {view.url}/", file=sys.stderr, flush=True)

@@ -23,7 +23,7 @@ from amodal.engine.web.encoder import FrameEncoder
 from amodal.engine.web.server import HttpServer
 from amodal.engine.web.settings import WebSettings
 from amodal.engine.web.state import LiveState
-from amodal.types import Frame, FrameResult, StreamEvent
+from amodal.types import Amendment, Frame, FrameResult, StreamEvent
 
 
 class LiveView(Sink):
@@ -74,6 +74,9 @@ class LiveView(Sink):
     def write_results(self, frames: Sequence[Frame], results: Sequence[FrameResult]) -> None:
         now_ns = time.monotonic_ns()
         self.state.on_results(frames, results, [(now_ns - r.received_mono_ns) / 1e6 for r in results])
+
+    def write_amendment(self, amendment: Amendment) -> None:
+        self.state.on_amendment(amendment)
 
     def write_event(self, event: StreamEvent) -> None:
         self.state.on_event(event)

@@ -4,7 +4,8 @@ Stream states come from the events through an ``EngineMonitor`` (the same state 
 engine's ``/health``; its HTTP server is not started here); this module adds what the page shows beyond that: the
 last reason, the pipeline, fps and latency percentiles, drops, the latest frame waiting to be drawn (one slot per
 stream: a newer frame replaces it, so a slow or stalled viewer never holds frames back) and, for scanner streams,
-the latest bags.
+the latest bags.  A bag is drawn again when a detached stage amends it (``on_amendment``: the layers of the
+``xray,layers`` pipeline come that way); the live video shows each frame as published and is not redrawn.
 
 Threads: ``on_*`` run on the feeding thread (the engine's inference thread: they only store references, under one
 lock); the encoder thread takes the pending frames and stores JPEGs; the HTTP server's event loop reads.
@@ -21,7 +22,7 @@ from typing import Any
 
 from amodal.engine.metrics import LatencyWindow
 from amodal.engine.monitor import EngineMonitor
-from amodal.types import Frame, FrameResult, StreamEvent, StreamState
+from amodal.types import Amendment, Frame, FrameResult, StreamEvent, StreamState
 
 #: seconds over which a stream's fps is measured
 FPS_WINDOW_S = 2.0
@@ -74,6 +75,20 @@ class _Stream:
     jpeg_seq: int = 0
     bags_pending: collections.deque = field(default_factory=collections.deque)
     bags: collections.deque = field(default_factory=collections.deque)
+    #: what each kept bag was drawn from (frame_index → Pending), oldest first, so that amendments can redraw it
+    bag_sources: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+
+
+def amended(result: FrameResult, amendment: Amendment) -> FrameResult:
+    """``result`` with ``amendment`` applied: each object at ``refs[i]`` replaced by ``objects[i]``, objects with
+    no ref added at the end (refs out of range are added too: the result they referred to was not this one)."""
+    objects = list(result.objects)
+    for obj, ref in zip(amendment.objects, amendment.refs):
+        if ref is not None and 0 <= ref < len(result.objects):
+            objects[ref] = obj
+        else:
+            objects.append(obj)
+    return dataclasses.replace(result, objects=tuple(objects))
 
 
 def bag_items(result: FrameResult) -> tuple[BagItem, ...]:
@@ -132,11 +147,33 @@ class LiveState:
                 if s.kind == "video" and "xray" in result.analyzer.split(","):
                     s.kind = "scanner"
                 if s.kind == "scanner":
-                    s.bags_pending.append(pending)
+                    self._keep_bag(s, pending)
                     self._work.notify_all()
                 if now < s.wanted_until:
                     self._work.notify_all()
                 s.pending = pending
+
+    def on_amendment(self, amendment: Amendment) -> None:
+        """A detached stage's additions to a frame: a kept bag's items and thumbnail are redone with them."""
+        with self._lock:
+            self._last_input = time.monotonic()
+            s = self._streams.get(amendment.stream_id)
+            source = None if s is None else s.bag_sources.get(amendment.frame_index)
+            if source is None:
+                return
+            self._keep_bag(s, Pending(source.frame, amended(source.result, amendment)))
+            self._work.notify_all()
+
+    def _keep_bag(self, s: _Stream, pending: Pending) -> None:
+        """Queue ``pending`` to be drawn as a bag (replacing a queued drawing of the same bag) and keep its source."""
+        index = pending.result.frame_index
+        queued = [p for p in s.bags_pending if p.result.frame_index != index]
+        s.bags_pending.clear()
+        s.bags_pending.extend(queued + [pending])
+        s.bag_sources[index] = pending
+        s.bag_sources.move_to_end(index)
+        while len(s.bag_sources) > self.bags_kept:
+            s.bag_sources.popitem(last=False)
 
     def on_event(self, event: StreamEvent) -> None:
         self.monitor.write_event(event)
@@ -200,10 +237,16 @@ class LiveState:
                 s.jpeg, s.jpeg_seq = jpeg, s.jpeg_seq + 1
 
     def put_bag(self, stream_id: str, bag: Bag) -> None:
+        """Show ``bag``, in the place of an earlier drawing of the same bag (an amended bag keeps its place)."""
         with self._lock:
             s = self._streams.get(stream_id)
-            if s is not None:
-                s.bags.append(bag)
+            if s is None:
+                return
+            for i, old in enumerate(s.bags):
+                if old.frame_index == bag.frame_index:
+                    s.bags[i] = bag
+                    return
+            s.bags.append(bag)
 
     def close(self) -> None:
         with self._work:

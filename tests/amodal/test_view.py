@@ -103,3 +103,44 @@ def test_view_shows_a_secured_remote_engines_streams_from_results_alone(tmp_path
                 assert "results of tcp://127.0.0.1" in browser.find_element(By.ID, "mode").text
                 assert browser.find_element(By.ID, "add-form").get_attribute("hidden") is not None
     assert view.returncode == 0, view.stderr.read()
+
+
+def test_view_feed_applies_published_amendments_to_a_scanners_bags():
+    """``amodal view``'s feed over real ZeroMQ on loopback: a bag's frame message, then an amendment to it (a stage
+    that completes its item with an occluder): the bag's items show the amendment."""
+    import threading
+    import time
+
+    from amodal.cli_view import feed
+    from amodal.engine.publisher import Publisher
+    from amodal.engine.web import LiveView, WebSettings
+    from amodal.subscriber import Subscriber
+    from amodal.types import Amendment, FrameResult, ObjectResult, RLEMask
+
+    mask = np.zeros((64, 96), bool)
+    mask[10:30, 10:40] = True
+    plain = ObjectResult(1, "knife", 0.9, (10.0, 10.0, 40.0, 30.0), mask=RLEMask.encode(mask))
+    completed = ObjectResult(1, "knife", 0.9, (10.0, 10.0, 40.0, 30.0), mask=RLEMask.encode(mask),
+                             occluder_mask=RLEMask.encode(mask), occlusion_level=0.5)
+    publisher = Publisher(f"tcp://127.0.0.1:{free_port()}")
+    publisher.start()
+    view = LiveView(WebSettings(port=0), source=publisher.bound_endpoint)
+    view.state.mark_scanner("belt1")
+    stop = threading.Event()
+    try:
+        with Subscriber(publisher.bound_endpoint, amendments=True) as subscriber:
+            assert publisher.wait_for_subscribers(1, 10) == 1
+            feeder = threading.Thread(target=feed, args=(view, subscriber, stop), daemon=True)
+            view.start()
+            feeder.start()
+            publisher.write_results([], [FrameResult("belt1", 0, None, time.time_ns(), 96, 64, (plain,), analyzer="xray")])
+            publisher.write_amendment(Amendment("belt1", 0, "layers", time.time_ns(), 96, 64, (completed,), (0,)))
+            bags = wait_until(lambda: (s := get_json(view.url + "/streams")[1]["streams"]) and s[0]["bags"]
+                              and s[0]["bags"][0]["items"][0]["has_occluder"] and s[0]["bags"], 10, "the amended bag")
+            assert bags[0]["items"][0]["occlusion_level"] == 0.5 and len(bags) == 1
+            stop.set()
+            feeder.join(10)
+    finally:
+        stop.set()
+        view.close()
+        publisher.close()

@@ -205,6 +205,36 @@ def test_results_alone_show_a_scanner_streams_latest_bags_and_refuse_source_chan
         view.close()
 
 
+def test_amendments_redraw_a_kept_bag_in_its_place_and_are_ignored_for_others():
+    """A detached stage's amendment (one object completed, one added) changes the bag's items and thumbnail; the
+    bag keeps its place; amendments of a bag no longer kept or of an unknown stream change nothing."""
+    from amodal.types import Amendment
+
+    view = LiveView(WebSettings(port=0, bags_kept=2), source="tcp://elsewhere:5555")
+    view.state.mark_scanner("belt1")
+    view.start()
+    try:
+        for i in range(3):
+            result = FrameResult("belt1", i, None, time.time_ns(), 96, 64,
+                                 (_object(96, 64, "knife", occluded=False),), analyzer="xray")
+            view.state.on_results([None], [result], [12.0])
+        wait_until(lambda: [b["frame_index"] for b in shown(view.url)["belt1"]["bags"]] == [2, 1], 10, "two bags")
+        before = urllib.request.urlopen(view.url + "/streams/belt1/bags/1.jpg", timeout=10).read()
+        completed, added = _object(96, 64, "knife", occluded=True), _object(96, 64, "layer", occluded=False)
+        view.state.on_amendment(Amendment("belt1", 1, "layers", 0, 96, 64, (completed, added), (0, None)))
+        view.state.on_amendment(Amendment("belt1", 0, "layers", 0, 96, 64, (added,), (None,)))  # not kept
+        view.state.on_amendment(Amendment("belt9", 1, "layers", 0, 96, 64, (added,), (None,)))
+        bags = wait_until(lambda: (b := shown(view.url)["belt1"]["bags"]) and len(b[1]["items"]) == 2 and b,
+                          10, "the amended bag")
+        assert [b["frame_index"] for b in bags] == [2, 1]  # in its place
+        assert [(i["class_name"], i["has_occluder"]) for i in bags[1]["items"]] == [("knife", True), ("layer", False)]
+        assert [i["class_name"] for i in bags[0]["items"]] == ["knife"] and "belt9" not in shown(view.url)
+        after = urllib.request.urlopen(view.url + "/streams/belt1/bags/1.jpg", timeout=10).read()
+        assert after[:3] == b"\xff\xd8\xff" and after != before  # the occluder is drawn now
+    finally:
+        view.close()
+
+
 def test_a_large_frame_is_drawn_at_the_shown_size_with_its_masks_in_place():
     from amodal.engine.web.encoder import NEUTRAL_GREY, render
 
