@@ -67,7 +67,23 @@ def track_sequence(stats: SubscriberStats, last_seq: dict[tuple[str, str], int],
     last_seq[key] = message.seq
 
 
-class Subscriber:
+class MessageIteration:
+    """``for message in subscriber``: ``recv(timeout_s)`` until one waits ``timeout_s`` in vain."""
+
+    timeout_s: float
+
+    def recv(self, timeout_s: float | None = None) -> Message | None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            message = self.recv(self.timeout_s)
+            if message is None:
+                return
+            yield message
+
+
+class Subscriber(MessageIteration):
     def __init__(
         self,
         endpoint: str,
@@ -142,13 +158,6 @@ class Subscriber:
 
     def _track_sequence(self, message: Message) -> None:
         track_sequence(self.stats, self._last_seq, message)
-
-    def __iter__(self) -> Iterator[Message]:
-        while True:
-            message = self.recv(self.timeout_s)
-            if message is None:
-                return
-            yield message
 
     def close(self) -> None:
         self._socket.close(0)

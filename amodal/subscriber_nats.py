@@ -26,14 +26,14 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import quote, unquote
 
 from amodal import schema
 from amodal.errors import ConfigError, EngineError, SchemaError
 from amodal.schema import AmendmentMessage, FrameMessage, Message, MetricsMessage, UnknownMessageTypeError
-from amodal.subscriber import SubscriberStats, track_sequence
+from amodal.subscriber import MessageIteration, SubscriberStats, track_sequence
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class _Consumer:
         self.last_stream_seq = 0
 
 
-class NatsSubscriber:
+class NatsSubscriber(MessageIteration):
     def __init__(
         self,
         servers: str | Iterable[str],
@@ -308,13 +308,6 @@ class NatsSubscriber:
             return message if self.status else None
         track_sequence(self.stats, self._last_seq, message)
         return message
-
-    def __iter__(self) -> Iterator[Message]:
-        while True:
-            message = self.recv(self.timeout_s)
-            if message is None:
-                return
-            yield message
 
     # ---------------------------------------------------------------------------------------------- closing
     def close(self) -> None:
