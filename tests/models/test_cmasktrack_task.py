@@ -60,6 +60,36 @@ def test_batches_are_deterministic_pairs_within_the_reference_gap(dataset):
     torch.testing.assert_close(fourth.images[0], resumed.images[0])
 
 
+def test_zoomed_pairs_share_one_window_and_their_boxes_are_the_masks_extents(dataset):
+    from amodal.training.tasks.cmasktrack import frame_tensors
+    from amodal.training.tasks.zoom import ZoomWindow
+
+    plain = build_task("cmasktrack", {"data_root": str(dataset), "hflip_prob": 0.0, **TINY})
+    video = plain.train_set.videos[sorted(plain.train_set.videos)[0]]
+    frame = plain.train_set.frame(video, 0)
+    image, target = frame_tensors(frame, plain.label_of)
+    mirrored, flipped = frame_tensors(frame, plain.label_of, ZoomWindow(0, 0, 64, 96, mirror=True))
+    assert torch.equal(mirrored, image.flip(-1)) and torch.equal(flipped.masks, target.masks.flip(-1))
+    assert flipped.boxes_xyxy[:, 0].tolist() == (96 - target.boxes_xyxy[:, 2]).tolist()
+    zoomed, cut = frame_tensors(frame, plain.label_of, ZoomWindow(16, 24, 32, 48, mirror=False))  # 2x, centre
+    assert zoomed.shape == image.shape and set(cut.instance_ids.tolist()) <= set(target.instance_ids.tolist())
+    for box, mask in zip(cut.boxes_xyxy, cut.masks):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+    task = build_task("cmasktrack", {"data_root": str(dataset), "zoom_prob": 1.0, "zoom_max": 3.0, **TINY})
+    batch = next(iter(task.train_batches(batch_size=4, seed=1, rank=0, world_size=1)))
+    area = lambda targets: sum(float(t.masks.sum()) for t in targets) / max(1, sum(len(t.masks) for t in targets))
+    unzoomed = next(iter(plain.train_batches(batch_size=4, seed=1, rank=0, world_size=1)))
+    assert area(batch.targets) > 1.5 * area(unzoomed.targets)
+    for t, r in zip(batch.targets, batch.ref_targets):
+        for target in (t, r):
+            assert len(target.masks) == len(target.boxes_xyxy) == len(target.labels) == len(target.instance_ids)
+            assert (target.masks.flatten(1).sum(1) > 0).all()
+    with pytest.raises(ConfigError, match="zoom_max"):
+        CMaskTrackTask({"data_root": str(dataset), "zoom_max": 0.5})
+
+
 def test_losses_evaluation_and_metadata(dataset):
     torch.manual_seed(0)
     task = CMaskTrackTask({"data_root": str(dataset), **TINY})

@@ -33,6 +33,7 @@ from amodal.training.data.epochs import epoch_batches
 from amodal.training.evaluation.common import rle_encode
 from amodal.training.evaluation.vis import evaluate_vis
 from amodal.training.tasks.detector_init import DetectorInit, check_init_keys, read_detector_init
+from amodal.training.tasks.zoom import ZoomWindow, apply_zoom, boxes_of_masks, draw_zoom_window
 
 MIN_BOX_PX = 2.0  # instances whose visible box is thinner than this are dropped from training targets
 RESULT_KEYS = ("AP", "AP50", "AP75", "AP_light", "AP_medium", "AP_heavy")
@@ -45,7 +46,9 @@ class CMaskTrackTaskConfig:
     ``data_root``: a dataset written by ``amodal data synth video`` (or any OVIS layout with ``annotations/`` and
     ``JPEGImages/``); ``train_split``/``val_split`` name ``annotations/<split>.json``.  Model keys mirror
     ``CMaskTrackConfig``/``MaskRCNNConfig``; ``input_height × input_width`` is the network input (the shorter and
-    longer side for torchvision's resize).  ``eval_max_videos`` = 0 evaluates every held-out video.
+    longer side for torchvision's resize).  ``eval_max_videos`` = 0 evaluates every held-out video.  Both frames
+    of a training pair are mirrored with probability ``hflip_prob`` and, with probability ``zoom_prob``, seen
+    through the same window zoomed 1 to ``zoom_max`` times (``zoom.py``; boxes then come from the masks).
     """
 
     data_root: str
@@ -74,6 +77,8 @@ class CMaskTrackTaskConfig:
     correlation_backend: str = "auto"
     max_ref_gap: int = 5
     hflip_prob: float = 0.5
+    zoom_prob: float = 0.0
+    zoom_max: float = 2.0
     eval_max_videos: int = 0
     eval_score_threshold: float = 0.05
     variant: str = "v1"
@@ -87,8 +92,11 @@ class CMaskTrackTaskConfig:
         for name in ("input_height", "input_width", "max_ref_gap", "max_detections"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"task_config.{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
-        if not 0.0 <= self.hflip_prob <= 1.0:
-            raise ConfigError(f"task_config.hflip_prob must be in [0, 1], got {self.hflip_prob!r}")
+        for name in ("hflip_prob", "zoom_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"task_config.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not self.zoom_max >= 1.0:
+            raise ConfigError(f"task_config.zoom_max must be ≥ 1, got {self.zoom_max!r}")
         if not isinstance(self.eval_max_videos, int) or self.eval_max_videos < 0:
             raise ConfigError(f"task_config.eval_max_videos must be an integer ≥ 0, got {self.eval_max_videos!r}")
         if not 0.0 <= self.eval_score_threshold < 1.0:
@@ -127,22 +135,30 @@ class CMaskTrackTaskConfig:
                                 correlation_backend=self.correlation_backend)
 
 
-def frame_tensors(frame: OvisFrame, label_of: dict[int, int], flip: bool) -> tuple[torch.Tensor, InstanceTargets]:
-    """(image float[3, H, W] in [0, 1], targets) of one annotated frame, optionally mirrored left–right."""
+def frame_tensors(frame: OvisFrame, label_of: dict[int, int],
+                  window: ZoomWindow | None = None) -> tuple[torch.Tensor, InstanceTargets]:
+    """(image float[3, H, W] in [0, 1], targets) of one annotated frame, seen through ``window`` (zoomed and/or
+    mirrored left–right; boxes then come from the masks) when one is given."""
     image = torch.from_numpy(np.array(frame.image)).permute(2, 0, 1).float().div_(255.0)
     h, w = frame.image.shape[:2]
     keep = [inst for inst in frame.instances
             if inst.mask.any() and inst.box_xyxy[2] - inst.box_xyxy[0] >= MIN_BOX_PX
             and inst.box_xyxy[3] - inst.box_xyxy[1] >= MIN_BOX_PX]
     boxes = torch.tensor([inst.box_xyxy for inst in keep], dtype=torch.float32).reshape(-1, 4)
-    masks = torch.from_numpy(np.stack([inst.mask for inst in keep]) if keep else np.zeros((0, h, w), bool))
+    masks = torch.from_numpy(np.stack([inst.mask for inst in keep]).astype(np.uint8) if keep
+                             else np.zeros((0, h, w), np.uint8))
     labels = torch.tensor([label_of[inst.category_id] for inst in keep], dtype=torch.int64)
     ids = torch.tensor([inst.track_id for inst in keep], dtype=torch.int64)
-    if flip:
-        image = image.flip(-1)
-        masks = masks.flip(-1)
+    if window is not None and (window.height, window.width) != (h, w):
+        image, masks = apply_zoom(image, masks, window)
+        present = masks.flatten(1).any(1)  # objects the window cut away are gone
+        boxes, labels, masks, ids = boxes_of_masks(masks[present]), labels[present], masks[present], ids[present]
+        wide = ((boxes[:, 2:] - boxes[:, :2]) >= MIN_BOX_PX).all(1)
+        boxes, labels, masks, ids = boxes[wide], labels[wide], masks[wide], ids[wide]
+    elif window is not None and window.mirror:
+        image, masks = apply_zoom(image, masks, window)
         boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
-    return image, InstanceTargets(boxes, labels, masks.to(torch.uint8), ids)
+    return image, InstanceTargets(boxes, labels, masks, ids)
 
 
 class CMaskTrackTask:
@@ -200,9 +216,12 @@ class CMaskTrackTask:
         rng = np.random.default_rng([seed, position])
         video = self.train_set.videos[vid]
         ref = self._reference(video, t, rng)
-        flip = bool(rng.random() < self.config.hflip_prob)
-        image, target = frame_tensors(self.train_set.frame(video, t), self.label_of, flip)
-        ref_image, ref_target = frame_tensors(self.train_set.frame(video, ref), self.label_of, flip)
+        frame = self.train_set.frame(video, t)
+        c = self.config
+        window = draw_zoom_window(rng, *frame.image.shape[:2], zoom_prob=c.zoom_prob, zoom_max=c.zoom_max,
+                                  hflip_prob=c.hflip_prob)  # one window for both frames of the pair
+        image, target = frame_tensors(frame, self.label_of, window)
+        ref_image, ref_target = frame_tensors(self.train_set.frame(video, ref), self.label_of, window)
         return image, ref_image, target, ref_target
 
     def train_batches(self, *, batch_size: int, seed: int, rank: int, world_size: int,

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchvision.ops import masks_to_boxes
 
 from amodal.errors import ConfigError
 from amodal.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
@@ -26,7 +25,7 @@ from amodal.settings import build_settings
 from amodal.training.evaluation.coco import COCOEvaluator
 from amodal.training.evaluation.common import rle_area, rle_encode
 from amodal.training.tasks.detector_init import DetectorInit, check_init_keys, read_detector_init
-from amodal.training.tasks.zoom import ZoomWindow, apply_zoom, draw_zoom_window
+from amodal.training.tasks.zoom import ZoomWindow, apply_zoom, boxes_of_masks, draw_zoom_window
 from amodal.world.render import CATEGORIES
 from amodal.world.shapes import SHAPE_KINDS, SyntheticScene, SyntheticSpec
 from amodal.world.street import STYLES, VideoConfig, render_frame, scene_for
@@ -174,8 +173,7 @@ def render_sample(config: MaskRCNNTaskConfig, seed: int, index: int,
     labels = torch.tensor([config.class_names.index(n) + 1 for n in names], dtype=torch.int64)
     keep = masks.flatten(1).sum(1) >= config.min_visible_px
     masks = masks[keep]
-    boxes = masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])  # pixel extents: x2, y2 exclusive
-    return image, FrameTargets(boxes.float(), labels[keep], masks)
+    return image, FrameTargets(boxes_of_masks(masks), labels[keep], masks)
 
 
 def held_out_frame(image_id: int, config: MaskRCNNTaskConfig) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torchvision.ops import masks_to_boxes
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -32,11 +33,16 @@ def draw_zoom_window(rng: np.random.Generator, height: int, width: int, *, zoom_
     """With probability ``zoom_prob`` a window of the frame's aspect, zoom factor log-uniform in [1, zoom_max], at a
     uniform position; otherwise the whole frame.  Mirrored with probability ``hflip_prob``."""
     h, w, top, left = height, width, 0, 0
-    if rng.random() < zoom_prob:
+    if zoom_prob > 0.0 and rng.random() < zoom_prob:  # draws nothing when off: a run without zoom keeps its batches
         zoom = math.exp(rng.uniform(0.0, math.log(zoom_max)))
         h, w = max(1, round(height / zoom)), max(1, round(width / zoom))
         top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
     return ZoomWindow(top, left, h, w, bool(rng.random() < hflip_prob))
+
+
+def boxes_of_masks(masks: torch.Tensor) -> torch.Tensor:
+    """float32[N, 4] x1y1x2y2 pixel extents (x2, y2 exclusive) of non-empty masks uint8[N, H, W]."""
+    return (masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])).float()
 
 
 def apply_zoom(image: torch.Tensor, masks: torch.Tensor, window: ZoomWindow) -> tuple[torch.Tensor, torch.Tensor]:
