@@ -151,7 +151,7 @@ def frame_tensors(frame: OvisFrame, label_of: dict[int, int],
     ids = torch.tensor([inst.track_id for inst in keep], dtype=torch.int64)
     if window is not None and (window.height, window.width) != (h, w):
         image, masks = apply_zoom(image, masks, window)
-        present = masks.flatten(1).any(1)  # objects the window cut away are gone
+        present = masks.flatten(1).amax(1) > 0  # objects the window cut away are gone
         boxes, labels, masks, ids = boxes_of_masks(masks[present]), labels[present], masks[present], ids[present]
         wide = ((boxes[:, 2:] - boxes[:, :2]) >= MIN_BOX_PX).all(1)
         boxes, labels, masks, ids = boxes[wide], labels[wide], masks[wide], ids[wide]
