@@ -173,7 +173,7 @@ def _near_sample(rng: np.random.Generator, cam: Camera, depth_m: tuple[float, fl
     return float(rng.uniform(-0.9, 0.9)) * cam.half_width_m(depth), depth
 
 
-def _street_identity(rng: np.random.Generator) -> Identity:
+def street_identity(rng: np.random.Generator) -> Identity:
     """A person's look with a face, now and then in a dark suit (jacket, light shirt, tie, dark trousers)."""
     ident = sample_identity(rng)
     if rng.random() < _SUIT_SHARE:
@@ -299,7 +299,7 @@ def sample_objects(rng: np.random.Generator, cam: Camera, regime: str, cfg: Vide
             look: object = None
             member_view = view if cat in ("person", "car") else "side"
             if cat == "person":
-                look = _street_identity(rng)
+                look = street_identity(rng)
             elif cat == "car":
                 look = vehicles.sample_look(rng, "van" if rng.random() < 0.25 else "car")
             h, w = _object_size(rng, cat, member_view, look)

@@ -107,9 +107,33 @@ def test_occluders_hide_body_in_parsing(tiny_set):
     assert np.mean(body_fraction[True]) < 0.8
 
 
+@pytest.fixture(scope="module")
+def street_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("persons_street")
+    persons.generate(out, N_IDS, 11, tiny_args("--looks", "street"))
+    return out, None, json.loads((out / persons.META).read_text())["images"]
+
+
+def test_street_looks_are_the_street_worlds_people_before_photographs(street_set):
+    """``--looks street``: recorded in the marker; a camera's background is a photograph above the horizon (the
+    floor as in plain looks); one look per identity across cameras."""
+    out, _, meta = street_set
+    assert json.loads((out / persons.MARKER).read_text())["looks"] == "street"
+    looks = {k: persons.config_from_args(tiny_args("--looks", k)) for k in ("plain", "street")}
+    cams = {k: persons.make_camera(np.random.default_rng(5), 1, cfg).background for k, cfg in looks.items()}
+    rows = np.nonzero(np.abs(cams["street"] - cams["plain"]).max(axis=(1, 2)) > 0.02)[0]
+    assert rows.min() == 0 and 0.3 * len(cams["plain"]) < rows.max() < 0.9 * len(cams["plain"])  # above the horizon
+    _assert_one_look_per_identity(out, meta)
+    with pytest.raises(SystemExit):
+        tiny_args("--looks", "moon")
+
+
 def test_identity_looks_the_same_across_cameras(tiny_set):
     """Mean upper-body colour: closer within an identity (other cameras) than between identities."""
-    out, _, meta = tiny_set
+    _assert_one_look_per_identity(*tiny_set[::2])
+
+
+def _assert_one_look_per_identity(out, meta) -> None:
     colours: dict[int, list[np.ndarray]] = {}
     for name, m in meta.items():
         if m["pid"] <= 0:

@@ -3,7 +3,9 @@
 Each identity has a fixed appearance (clothes, patterns, hair, skin, shoes, proportions, bag); each camera
 has its own background scene, photometry (gain, colour cast, gamma, blur, noise, JPEG quality) and
 viewpoint statistics (front / back / side).  Occluders (cars, pillars/poles, other people, bags, boxes)
-hide a sampled 20–60 % of the person's full silhouette in many images.
+hide a sampled 20–60 % of the person's full silhouette in many images.  Looks ``street``: the people of the
+camera-style street world (``amodal.world.street.street_identity``: faces, one in five in a dark suit) in front
+of real photographs (``amodal.world.photos``), for re-id on what the street-trained detectors find.
 
 Layout written (Market-1501, readable unchanged by Market/Duke loaders):
   ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` with ``PPPP_cCsS_FFFFFF_NN.jpg``
@@ -32,12 +34,15 @@ from tqdm import tqdm
 from amodal.errors import ConfigError
 from amodal.training.data.synth.contact import save_grid
 from amodal.world.persons_body import VIEWS, Identity, draw_person, sample_identity
+from amodal.world.photos import random_patch
+from amodal.world.street import street_identity
 from amodal.world.shapes2d import Box, Ellipse, Pose, Shape, rasterise
 
 GENERATOR_VERSION = 1
 MARKER = "amodal_dataset.json"
 META = "persons_meta.json"
 OCCLUDERS: tuple[str, ...] = ("car", "pillar", "person", "bag", "boxes")
+LOOKS: tuple[str, ...] = ("plain", "street")
 PARSING_COLOURS = np.array([[0, 0, 0], [255, 200, 0], [220, 40, 40], [40, 90, 230], [40, 200, 80]], dtype=np.uint8)
 
 
@@ -58,6 +63,7 @@ class PersonsConfig:
     junk_fraction: float = 0.05  # pid -1 images added to the gallery
     style: str = "occluded-duke"
     jpeg_quality_min: int = 75
+    looks: str = "plain"
 
     def __post_init__(self) -> None:
         if not (32 <= self.height <= 1024 and 16 <= self.width <= 512):
@@ -83,6 +89,8 @@ class PersonsConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.style not in ("occluded-duke", "market"):
             raise ConfigError(f"--style must be occluded-duke or market, got {self.style!r}")
+        if self.looks not in LOOKS:
+            raise ConfigError(f"--looks must be one of {LOOKS}, got {self.looks!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--occlusion-min", type=float, default=d.occlusion_min, help="least hidden body fraction")
     parser.add_argument("--occlusion-max", type=float, default=d.occlusion_max, help="most hidden body fraction")
     parser.add_argument("--style", choices=("occluded-duke", "market"), default=d.style)
+    parser.add_argument("--looks", choices=LOOKS, default=d.looks,
+                        help="street: the street world's people (faces, one in five in a dark suit) in front of "
+                             "real photographs, as the camera-style street world renders them")
 
 
 def config_from_args(args: argparse.Namespace) -> PersonsConfig:
@@ -114,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> PersonsConfig:
         occlusion_min=args.occlusion_min,
         occlusion_max=args.occlusion_max,
         style=args.style,
+        looks=args.looks,
     )
 
 
@@ -154,6 +166,9 @@ def make_camera(rng: np.random.Generator, index: int, cfg: PersonsConfig) -> Cam
         y += spacing
     yy, xx = np.mgrid[0:hb, 0:wb]
     bg *= (1.0 + 0.15 * np.sin(xx / wb * rng.uniform(2, 8) + rng.uniform(0, 6)) * np.cos(yy / hb * 3))[..., None]
+    if cfg.looks == "street":  # a photograph above the horizon: shop fronts, walls, posters
+        photo = random_patch(rng, horizon, wb)
+        bg[:horizon] = 0.35 * bg[:horizon] + 0.65 * photo
     bg = ndimage.gaussian_filter(bg, (1.0, 1.0, 0))
     views = rng.dirichlet(np.ones(3) * 1.5)
     return Camera(
@@ -386,8 +401,9 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
         folder.mkdir(parents=True, exist_ok=True)
     plan_rng = np.random.default_rng([seed, 0])
     cameras = {c: make_camera(np.random.default_rng([seed, 1, c]), c, cfg) for c in range(1, cfg.cameras + 1)}
-    identities = {pid: sample_identity(np.random.default_rng([seed, 2, pid])) for pid in range(1, n + 1)}
-    strangers = [sample_identity(np.random.default_rng([seed, 3, k])) for k in range(max(8, n // 4))]
+    look = street_identity if cfg.looks == "street" else sample_identity
+    identities = {pid: look(np.random.default_rng([seed, 2, pid])) for pid in range(1, n + 1)}
+    strangers = [look(np.random.default_rng([seed, 3, k])) for k in range(max(8, n // 4))]
     order = plan_rng.permutation(np.arange(1, n + 1)).tolist()
     n_train = min(max(1, round(n * cfg.train_fraction)), n - 1)
     train_ids = set(order[:n_train])
@@ -419,7 +435,7 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
         if pid > 0:
             ident = identities[pid]
         else:
-            ident = strangers[int(rng.integers(len(strangers)))] if pid == 0 else sample_identity(rng)
+            ident = strangers[int(rng.integers(len(strangers)))] if pid == 0 else look(rng)
         if is_query and cfg.style == "occluded-duke":
             occlude = True
         else:
@@ -436,7 +452,7 @@ def generate(out_dir: Path, n: int, seed: int, args: argparse.Namespace) -> dict
     (out_dir / MARKER).write_text(
         json.dumps(
             {"kind": "persons", "seed": seed, "n": n, "generator_version": GENERATOR_VERSION, "style": cfg.style,
-             "format": "market1501", "height": cfg.height, "width": cfg.width, "cameras": cfg.cameras,
+             "looks": cfg.looks, "format": "market1501", "height": cfg.height, "width": cfg.width, "cameras": cfg.cameras,
              "train_ids": len(train_ids), "test_ids": n - len(train_ids), "images": counts,
              "parsing_labels": {"0": "background", "1": "head", "2": "upper", "3": "lower", "4": "shoes"}},  # fmt: skip
             indent=1,
