@@ -223,3 +223,14 @@ def test_a_broken_track_gets_its_identity_back_once_the_old_track_is_lost(mbf, l
         assert len(before) == len(after) == 1
         # while the old track counts as alive, its identity is held and the new track must get another one
         assert (before == after) is same_identity, (k, before, after)
+
+
+@pytest.mark.skipif(not (shipped_weights(ReidStage.shipped_weights).parent / "mbf_street_synthetic.safetensors").is_file(),
+                    reason="not shipped")
+def test_shipped_street_weights_load_by_name_with_their_measured_threshold():
+    """``shipped:mbf_street_synthetic.safetensors``: MBF trained on the street world's people; its match threshold
+    is the equal-error threshold measured on that data (0.343)."""
+    stage = ReidStage(ReidSettings(weights="shipped:mbf_street_synthetic.safetensors"))
+    assert stage.loaded.metadata["training_data"]["data_root"] == "data/persons_street"
+    assert stage.match_threshold == pytest.approx(0.343, abs=0.001)
+    assert stage.loaded.model.embedding_dim == ReidStage().loaded.model.embedding_dim
