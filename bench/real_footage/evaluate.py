@@ -13,9 +13,10 @@ and scores their detections against ``bench/real_footage/labels.json`` (see the 
 - the same at every score threshold of a sweep (the plot), and at the stages' default threshold (0.5) in the
   summary.
 
-Writes ``<out>/<name>.json`` and ``<out>/<name>.png``.  Weight sets are directories holding the stages' weight
-files under their shipped names (``maskrcnn_tiny_synthetic.safetensors``, ``cmasktrack_tiny_synthetic.safetensors``),
-``shipped`` being ``amodal/_weights``.
+Writes ``<out>/<name>.json`` and ``<out>/<name>.png``.  Weight sets: ``shipped`` (the stages' default weights),
+``street`` (the shipped street-world weights, ``SHIPPED_SETS``), or ``NAME=DIR``, a directory holding the stages'
+weight files under the default names (``maskrcnn_tiny_synthetic.safetensors``,
+``cmasktrack_tiny_synthetic.safetensors``), as a training run's ``out_dir`` does.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ PERSON_CLASSES = frozenset({"person"})
 VEHICLE_CLASSES = frozenset({"car", "van", "truck", "bus", "motorcycle"})
 GROUP_OF_CATEGORY = {"person": "person", "car": "vehicle", "van": "vehicle", "motorcycle": "vehicle"}
 WEIGHT_FILES = {"maskrcnn": "maskrcnn_tiny_synthetic.safetensors", "ovis": "cmasktrack_tiny_synthetic.safetensors"}
+SHIPPED_SETS = {"shipped": WEIGHT_FILES,
+                "street": {"maskrcnn": "maskrcnn_street_synthetic.safetensors",
+                           "ovis": "cmasktrack_street_synthetic.safetensors"}}
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
 IOU_MATCH = 0.5
 IGNORE_COVER = 0.5
@@ -208,26 +212,28 @@ RUNNERS = {"maskrcnn": run_maskrcnn, "ovis": run_ovis}
 # ------------------------------------------------------------------------------------------ entry point
 
 
-def _weight_sets(specs: list[str]) -> dict[str, Path]:
-    from amodal.pretrained import shipped_weights
+def weight_sets(specs: list[str]) -> dict[str, dict[str, Path]]:
+    """{set name: {stage: weights file}} of ``--weights`` specs: ``shipped``, ``street`` or ``NAME=DIR``."""
+    from amodal.pretrained import WEIGHTS_DIR
 
-    sets: dict[str, Path] = {}
+    sets: dict[str, dict[str, Path]] = {}
     for spec in specs or ["shipped"]:
         name, _, folder = spec.partition("=")
-        if not name:
-            raise ConfigError(f"--weights {spec!r}: expected NAME=DIR or shipped")
-        sets[name] = Path(folder) if folder else shipped_weights(WEIGHT_FILES["maskrcnn"]).parent
+        if not name or (not folder and name not in SHIPPED_SETS):
+            raise ConfigError(f"--weights {spec!r}: expected NAME=DIR or one of {sorted(SHIPPED_SETS)}")
+        files = WEIGHT_FILES if folder else SHIPPED_SETS[name]
+        sets[name] = {stage: Path(folder or WEIGHTS_DIR) / file for stage, file in files.items()}
     return sets
 
 
-def evaluate(weight_sets: dict[str, Path], stages: list[str], labels: Path = LABELS,
+def evaluate(weight_sets: dict[str, dict[str, Path]], stages: list[str], labels: Path = LABELS,
              threshold: float = 0.5) -> dict[str, Any]:
     """Per weight set and stage: the summary at ``threshold``, the sweep and per-frame counts."""
     frames = load_frames(labels)
     results: dict[str, Any] = {}
     skipped: list[str] = []
-    for set_name, folder in weight_sets.items():
-        paths = {stage: folder / WEIGHT_FILES[stage] for stage in stages}
+    for set_name, files in weight_sets.items():
+        paths = {stage: files[stage] for stage in stages}
         if not any(p.is_file() for p in paths.values()):
             raise ConfigError(f"weights set {set_name!r}: none of {[str(p) for p in paths.values()]} exists")
         for stage, path in paths.items():
@@ -278,7 +284,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="amodal bench real", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", action="append", default=[],
-                        help="NAME=DIR with the stages' weight files (repeatable); NAME alone = the shipped ones")
+                        help="NAME=DIR with the stages' weight files, or shipped / street (shipped sets); repeatable")
     parser.add_argument("--stages", default="maskrcnn,ovis", help="comma-separated: maskrcnn, ovis")
     parser.add_argument("--labels", default=str(LABELS))
     parser.add_argument("--score-threshold", type=float, default=0.5, help="the summary's threshold (stage default)")
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    results = evaluate(_weight_sets(args.weights), stages, Path(args.labels), args.score_threshold)
+    results = evaluate(weight_sets(args.weights), stages, Path(args.labels), args.score_threshold)
     from amodal.bench.common import write_results
 
     path = write_results(args.out, args.name, results)

@@ -43,3 +43,20 @@ def test_stored_labels_load_with_their_frames():
         h, w = f.rgb.shape[:2]
         assert (f.boxes_xyxy[:, 2] <= w).all() and (f.boxes_xyxy[:, 3] <= h).all()
         assert (f.boxes_xyxy[:, :2] < f.boxes_xyxy[:, 2:]).all()
+
+
+def test_weight_sets_name_shipped_files_or_a_run_folder(tmp_path):
+    import pytest
+
+    from amodal.bench.real_footage.evaluate import weight_sets
+    from amodal.errors import ConfigError
+    from amodal.pretrained import WEIGHTS_DIR
+
+    sets = weight_sets(["shipped", "street", f"mine={tmp_path}"])
+    assert sets["street"] == {"maskrcnn": WEIGHTS_DIR / "maskrcnn_street_synthetic.safetensors",
+                              "ovis": WEIGHTS_DIR / "cmasktrack_street_synthetic.safetensors"}
+    assert sets["shipped"]["ovis"] == WEIGHTS_DIR / "cmasktrack_tiny_synthetic.safetensors"
+    assert sets["mine"]["maskrcnn"] == tmp_path / "maskrcnn_tiny_synthetic.safetensors"
+    assert all(p.is_file() for s in ("shipped", "street") for p in sets[s].values())
+    with pytest.raises(ConfigError, match="NAME=DIR or one of"):
+        weight_sets(["moon"])
