@@ -111,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", metavar="STAGE[,STAGE...]",
                    help=f"the stages every --source runs through, in order (default: the config's, else identity). Stages: {stage_help}")
     p.add_argument("--analyzer", help="legacy one-stage pipeline (reid means ovis,reid)")
-    p.add_argument("--weights", help="local weights file for the first stage")
+    p.add_argument("--weights", help="weights for the first stage: a local file, or shipped:FILE (e.g. shipped:cmasktrack_street_synthetic.safetensors)")
     p.add_argument("--score-threshold", type=float, help="the first stage's detection threshold")
     p.add_argument("--sam", dest="sam_path", metavar="PATH",
                    help="xray: a local SamModel.save_pretrained folder, the SAM the weights were trained on")

@@ -227,10 +227,14 @@ def test_a_broken_track_gets_its_identity_back_once_the_old_track_is_lost(mbf, l
 
 @pytest.mark.skipif(not (shipped_weights(ReidStage.shipped_weights).parent / "mbf_street_synthetic.safetensors").is_file(),
                     reason="not shipped")
-def test_shipped_street_weights_load_by_name_with_their_measured_threshold():
+def test_shipped_street_weights_load_by_name_with_their_measured_threshold(tmp_path):
     """``shipped:mbf_street_synthetic.safetensors``: MBF trained on the street world's people; its match threshold
-    is the equal-error threshold measured on that data (0.343)."""
-    stage = ReidStage(ReidSettings(weights="shipped:mbf_street_synthetic.safetensors"))
+    is the equal-error threshold measured on that data (0.343).  The README's street pipeline loads as written."""
+    path = tmp_path / "street.yaml"
+    path.write_text('pipelines: {street: [{stage: ovis, weights: "shipped:cmasktrack_street_synthetic.safetensors"},\n'
+                    '                     {stage: reid, weights: "shipped:mbf_street_synthetic.safetensors"}]}\n')
+    ovis, stage = (build_stage(c.name, c.settings) for c in EngineConfig.from_yaml(path).pipelines[0].stages)
+    assert isinstance(stage, ReidStage) and ovis.loaded.metadata["training_data"]["data_root"] == "data/ovis_street2"
     assert stage.loaded.metadata["training_data"]["data_root"] == "data/persons_street"
     assert stage.match_threshold == pytest.approx(0.343, abs=0.001)
     assert stage.loaded.model.embedding_dim == ReidStage().loaded.model.embedding_dim
