@@ -16,6 +16,7 @@ message type (a topic's amendments are numbered apart from its frames), and are 
 """
 from __future__ import annotations
 
+import abc
 import collections
 import logging
 import time
@@ -67,13 +68,14 @@ def track_sequence(stats: SubscriberStats, last_seq: dict[tuple[str, str], int],
     last_seq[key] = message.seq
 
 
-class MessageIteration:
+class MessageIteration(abc.ABC):
     """``for message in subscriber``: ``recv(timeout_s)`` until one waits ``timeout_s`` in vain."""
 
     timeout_s: float
 
+    @abc.abstractmethod
     def recv(self, timeout_s: float | None = None) -> Message | None:
-        raise NotImplementedError
+        """The next message, or None after ``timeout_s`` (None = the subscriber's own) without one."""
 
     def __iter__(self) -> Iterator[Message]:
         while True:

@@ -33,7 +33,7 @@ from amodal.training.data.epochs import epoch_batches
 from amodal.training.evaluation.common import rle_encode
 from amodal.training.evaluation.vis import evaluate_vis
 from amodal.training.tasks.detector_init import DetectorInit, check_init_keys, read_detector_init
-from amodal.training.tasks.zoom import ZoomWindow, apply_zoom, boxes_of_masks, draw_zoom_window
+from amodal.training.tasks.zoom import ZoomWindow, apply_zoom, boxes_of_masks, check_zoom_settings, draw_zoom_window
 
 MIN_BOX_PX = 2.0  # instances whose visible box is thinner than this are dropped from training targets
 RESULT_KEYS = ("AP", "AP50", "AP75", "AP_light", "AP_medium", "AP_heavy")
@@ -92,11 +92,7 @@ class CMaskTrackTaskConfig:
         for name in ("input_height", "input_width", "max_ref_gap", "max_detections"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"task_config.{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
-        for name in ("hflip_prob", "zoom_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"task_config.{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if not self.zoom_max >= 1.0:
-            raise ConfigError(f"task_config.zoom_max must be ≥ 1, got {self.zoom_max!r}")
+        check_zoom_settings(self.zoom_prob, self.zoom_max, self.hflip_prob, prefix="task_config.")
         if not isinstance(self.eval_max_videos, int) or self.eval_max_videos < 0:
             raise ConfigError(f"task_config.eval_max_videos must be an integer ≥ 0, got {self.eval_max_videos!r}")
         if not 0.0 <= self.eval_score_threshold < 1.0:

@@ -25,7 +25,7 @@ from amodal.settings import build_settings
 from amodal.training.evaluation.coco import COCOEvaluator
 from amodal.training.evaluation.common import rle_area, rle_encode
 from amodal.training.tasks.detector_init import DetectorInit, check_init_keys, read_detector_init
-from amodal.training.tasks.zoom import ZoomWindow, apply_zoom, boxes_of_masks, draw_zoom_window
+from amodal.training.tasks.zoom import ZoomWindow, apply_zoom, boxes_of_masks, check_zoom_settings, draw_zoom_window
 from amodal.world.render import CATEGORIES
 from amodal.world.shapes import SHAPE_KINDS, SyntheticScene, SyntheticSpec
 from amodal.world.street import STYLES, VideoConfig, render_frame, scene_for
@@ -78,12 +78,7 @@ class MaskRCNNTaskConfig:
 
     def __post_init__(self) -> None:
         check_init_keys(self.init_from, self.class_map)
-        for name in ("zoom_prob", "hflip_prob"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
-        if isinstance(self.zoom_max, bool) or not isinstance(self.zoom_max, (int, float)) or self.zoom_max < 1.0:
-            raise ConfigError(f"zoom_max must be a number ≥ 1, got {self.zoom_max!r}")
+        check_zoom_settings(self.zoom_prob, self.zoom_max, self.hflip_prob)
         if self.world not in WORLDS:
             raise ConfigError(f"world must be one of {WORLDS}, got {self.world!r}")
         if self.street_style not in STYLES:

@@ -16,6 +16,8 @@ from torchvision.ops import masks_to_boxes
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from amodal.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ZoomWindow:
@@ -26,6 +28,15 @@ class ZoomWindow:
     height: int
     width: int
     mirror: bool
+
+
+def check_zoom_settings(zoom_prob: object, zoom_max: object, hflip_prob: object, prefix: str = "") -> None:
+    """ConfigError (names prefixed with ``prefix``) unless both probabilities are in [0, 1] and ``zoom_max`` ≥ 1."""
+    for name, value in (("zoom_prob", zoom_prob), ("hflip_prob", hflip_prob)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{prefix}{name} must be in [0, 1], got {value!r}")
+    if isinstance(zoom_max, bool) or not isinstance(zoom_max, (int, float)) or zoom_max < 1.0:
+        raise ConfigError(f"{prefix}zoom_max must be a number ≥ 1, got {zoom_max!r}")
 
 
 def draw_zoom_window(rng: np.random.Generator, height: int, width: int, *, zoom_prob: float, zoom_max: float,
